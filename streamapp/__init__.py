@@ -1,0 +1,21 @@
+"""streamapp: S3 notifications -> digits, as a topology of Faust agents.
+
+``faust -A streamapp worker`` imports this package and reads ``app``. The app
+is built on first access (PEP 562 module ``__getattr__``), so importing a pure
+module such as ``streamapp.events`` or starting the predictor server does not
+pull in Faust or read the pipeline's settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from streamapp.app import app
+
+        return app
+    raise AttributeError(f"module 'streamapp' has no attribute {name!r}")

@@ -1,0 +1,93 @@
+"""Settings: the environment -> one frozen ``Settings``, read once.
+
+Every field names the environment variable it comes from. Kafka, web and
+commit settings are Faust's own and are read by Faust from its documented
+variables (``BROKER_URL``, ``WEB_PORT``, ``TOPIC_PARTITIONS``,
+``BROKER_SESSION_TIMEOUT`` ...); they are not repeated here. S3 credentials
+and region come from the standard botocore chain (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles ...) and are never
+read or stored by streamapp itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+_PREFIX = "STREAMAPP_"
+
+
+def _field(env: str, default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # -- the app and its topics ---------------------------------------------
+    app_id: str = _field("STREAMAPP_APP_ID", "streamapp", "Faust app id = Kafka consumer group and topic prefix for tables.")
+    events_topic: str = _field("STREAMAPP_EVENTS_TOPIC", "s3-events", "Topic the object store publishes bucket notifications to.")
+    tensors_topic: str = _field("STREAMAPP_TENSORS_TOPIC", "streamapp-tensors", "Intermediate topic: preprocessed 28x28 tensors.")
+    labeled_topic: str = _field("STREAMAPP_LABELED_TOPIC", "streamapp-labeled", "Intermediate topic: predictions.")
+    archived_topic: str = _field("STREAMAPP_ARCHIVED_TOPIC", "streamapp-archived", "Intermediate topic: images archived, to be counted.")
+    dead_letter_topic: str = _field("STREAMAPP_DEAD_LETTER_TOPIC", "streamapp-dead-letters", "Every input the pipeline cannot process, with the reason.")
+    # -- S3 ------------------------------------------------------------------
+    s3_endpoint_url: str | None = _field("AWS_ENDPOINT_URL_S3", None, "S3 endpoint (MinIO, nanio); unset means AWS. AWS_ENDPOINT_URL is honoured too.")
+    s3_region: str | None = _field("AWS_REGION", None, "Region for request signing; AWS_DEFAULT_REGION is honoured too.")
+    archive_bucket: str = _field("STREAMAPP_ARCHIVE_BUCKET", "digits", "Bucket the archiver writes labelled images to.")
+    archive_prefix: str = _field("STREAMAPP_ARCHIVE_PREFIX", "", "Key prefix inside the archive bucket: keys are <prefix><digit>/<original key>.")
+    max_object_bytes: int = _field("STREAMAPP_MAX_OBJECT_BYTES", 10 * 1024 * 1024, "Larger objects are dead-lettered without reading their body.")
+    max_pixels: int = _field("STREAMAPP_MAX_PIXELS", 40_000_000, "Images with more pixels (read from the header) are dead-lettered without decoding.")
+    s3_max_connections: int = _field("STREAMAPP_S3_MAX_CONNECTIONS", 32, "Connection pool size of the one S3 client.")
+    # -- preprocessing --------------------------------------------------------
+    transform: str = _field("STREAMAPP_TRANSFORM", "mnist", "'mnist' (find, fit and centre the digit, for real photos) or 'kserve-sample' (the sample's gray/invert/resize).")
+    preprocess_concurrency: int = _field("STREAMAPP_PREPROCESS_CONCURRENCY", 8, "Events downloaded and transformed at once per worker.")
+    # -- predictor ------------------------------------------------------------
+    predictor_url: str = _field("STREAMAPP_PREDICTOR_URL", "http://127.0.0.1:8080", "Base URL of the model server.")
+    model_name: str = _field("STREAMAPP_MODEL_NAME", "mnist", "Model name in the predictor's URLs.")
+    predictor_protocol: str = _field("STREAMAPP_PREDICTOR_PROTOCOL", "v2", "'v1' (KServe :predict) or 'v2' (Open Inference Protocol /infer).")
+    predictor_timeout: float = _field("STREAMAPP_PREDICTOR_TIMEOUT", 10.0, "Seconds for one predictor request.")
+    batch_max_size: int = _field("STREAMAPP_BATCH_MAX_SIZE", 64, "A batch goes to the predictor when it holds this many tensors ...")
+    batch_max_delay: float = _field("STREAMAPP_BATCH_MAX_DELAY", 0.05, "... or when its oldest tensor has waited this many seconds.")
+    # -- archive --------------------------------------------------------------
+    archive_concurrency: int = _field("STREAMAPP_ARCHIVE_CONCURRENCY", 8, "Archive copies in flight at once per worker.")
+    # -- retries --------------------------------------------------------------
+    retry_initial: float = _field("STREAMAPP_RETRY_INITIAL", 0.2, "First backoff, seconds, when S3 or the predictor is down.")
+    retry_max: float = _field("STREAMAPP_RETRY_MAX", 10.0, "Longest backoff, seconds; retries go on until the dependency is back.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), converting types."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None and f.name == "s3_endpoint_url":
+                raw = env.get("AWS_ENDPOINT_URL")
+            if raw is None and f.name == "s3_region":
+                raw = env.get("AWS_DEFAULT_REGION")
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default) if f.default is not None else str
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{f.metadata['env']}={raw!r}: expected {kind.__name__}") from exc
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.transform not in ("mnist", "kserve-sample"):
+            raise ValueError(f"STREAMAPP_TRANSFORM={self.transform!r}: expected 'mnist' or 'kserve-sample'")
+        if self.predictor_protocol not in ("v1", "v2"):
+            raise ValueError(f"STREAMAPP_PREDICTOR_PROTOCOL={self.predictor_protocol!r}: expected 'v1' or 'v2'")
+        for name in ("batch_max_size", "preprocess_concurrency", "archive_concurrency", "max_object_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting: the README table is made from this."""
+        return [(f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(cls)]
