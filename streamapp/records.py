@@ -128,7 +128,13 @@ class DeadLetter(faust.Record, serializer="json"):
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    index: int = 0
     failed_at: float = 0.0
+
+    @property
+    def source(self) -> str:
+        """Where the failed input sits in Kafka: the same for every replay of it."""
+        return f"{self.topic}:{self.partition}:{self.offset}:{self.index}:{self.stage}"
 
     @classmethod
     def now(cls, **fields: object) -> DeadLetter:

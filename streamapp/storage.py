@@ -1,0 +1,147 @@
+"""The S3 service: one long-lived aiobotocore client per worker.
+
+Reads: objects named by notifications (GetObject). Writes: archive copies
+(CopyObject, server side; the image bytes never pass through the worker).
+
+Client errors are mapped here, at the edge, to the pipeline's two kinds:
+``BadInput`` (the object is gone, too large: dead-letter it) and
+``StorageUnavailable`` (S3 down, throttling, 5xx, bad credentials: retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+from mode import Service
+
+from streamapp.errors import ObjectNotFound, ObjectTooLarge, StorageUnavailable
+from streamapp.records import ObjectRef
+from streamapp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: S3 error codes that say the object (or its bucket) does not exist
+_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"})
+
+
+def archive_key(ref: ObjectRef, digit: int, prefix: str = "") -> str:
+    """Where the archived copy of ``ref`` goes: ``<prefix><digit>/<original key>``."""
+    return f"{prefix}{digit}/{ref.key}"
+
+
+def _error_code(exc: ClientError) -> tuple[str, int]:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return str(error.get("Code", "")), int(status or 0)
+
+
+def _map_client_error(exc: ClientError, what: str) -> Exception:
+    code, status = _error_code(exc)
+    if code in _NOT_FOUND or status == 404:
+        return ObjectNotFound(f"{what}: {code or status} (the object or its bucket does not exist)")
+    # 403 and friends are treated as a dependency fault: with wrong credentials
+    # or policies every object fails alike, and dead-lettering them all would
+    # lose the stream. The input waits, and the log says why.
+    return StorageUnavailable(f"{what}: S3 answered {status} {code}: {exc}")
+
+
+class Storage(Service):
+    """Owns the aiobotocore client: opened when the worker starts, closed when it stops."""
+
+    def __init__(self, settings: Settings, **kwargs: object) -> None:
+        self.settings = settings
+        self._stack = contextlib.AsyncExitStack()
+        self._client: object | None = None
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        config = AioConfig(
+            max_pool_connections=self.settings.s3_max_connections,
+            connect_timeout=5,
+            read_timeout=30,
+            # botocore retries a little on its own; the unbounded backoff is ours
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        session = get_session()
+        self._client = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                endpoint_url=self.settings.s3_endpoint_url,
+                region_name=self.settings.s3_region,
+                config=config,
+            )
+        )
+        log.info("S3 client ready (endpoint %s)", self.settings.s3_endpoint_url or "AWS default")
+
+    async def on_stop(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    @property
+    def client(self):  # noqa: ANN201 (aiobotocore clients are generated at run time)
+        if self._client is None:
+            raise StorageUnavailable("the S3 client is not started")
+        return self._client
+
+    async def get(self, ref: ObjectRef) -> bytes:
+        """The object's bytes; ``ObjectTooLarge`` is decided from Content-Length, before the body is read."""
+        what = f"GetObject s3://{ref.bucket}/{ref.key}"
+        params = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version_id:
+            params["VersionId"] = ref.version_id
+        try:
+            response = await self.client.get_object(**params)
+            async with response["Body"] as body:
+                length = int(response.get("ContentLength", -1))
+                limit = self.settings.max_object_bytes
+                if length > limit:
+                    raise ObjectTooLarge(f"object is {length} bytes, over the {limit}-byte limit")
+                data = await body.read()
+        except ClientError as exc:
+            raise _map_client_error(exc, what) from exc
+        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if len(data) > self.settings.max_object_bytes:  # a server that sent no Content-Length
+            raise ObjectTooLarge(f"object is {len(data)} bytes, over the {self.settings.max_object_bytes}-byte limit")
+        return data
+
+    async def archive(self, ref: ObjectRef, digit: int) -> str:
+        """Copy the object, server side, to the archive; return the archive key.
+
+        Idempotent: a replayed record copies the same source to the same key.
+        """
+        key = archive_key(ref, digit, self.settings.archive_prefix)
+        source = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version_id:
+            source["VersionId"] = ref.version_id
+        what = f"CopyObject s3://{ref.bucket}/{ref.key} -> s3://{self.settings.archive_bucket}/{key}"
+        try:
+            await self.client.copy_object(Bucket=self.settings.archive_bucket, Key=key, CopySource=source)
+        except ClientError as exc:
+            error = _map_client_error(exc, what)
+            if isinstance(error, ObjectNotFound) and _error_code(exc)[0] == "NoSuchBucket":
+                # A missing *archive* bucket is a configuration fault: wait for it.
+                # A missing source bucket means the image is gone: dead-letter it.
+                if not await self._bucket_exists(self.settings.archive_bucket):
+                    raise StorageUnavailable(f"{what}: archive bucket {self.settings.archive_bucket!r} does not exist") from exc
+            raise error from exc
+        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        return key
+
+    async def _bucket_exists(self, bucket: str) -> bool:
+        try:
+            await self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if isinstance(_map_client_error(exc, "HeadBucket"), ObjectNotFound):
+                return False
+            raise _map_client_error(exc, f"HeadBucket {bucket}") from exc
+        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise StorageUnavailable(f"HeadBucket {bucket}: {type(exc).__name__}: {exc}") from exc
+        return True
