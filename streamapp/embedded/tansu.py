@@ -1,0 +1,226 @@
+"""A Faust transport for the embedded Tansu broker: ``tansu://host:port``.
+
+Reads: the Faust app's settings. Writes: nothing of its own; it is Faust's
+aiokafka driver (``faust.transport.drivers.aiokafka``) with the embedded
+broker's deviations from Kafka worked around (measured in
+/work/shared/BROKER.md). Production uses ``kafka://`` and never loads this
+module; the embedded stack opts in through its broker URL. Faust finds the
+scheme through the ``faust.transports`` entry point:
+
+    [options.entry_points]
+    faust.transports =
+        tansu = streamapp.embedded.tansu:Transport
+
+The work-arounds, each confined to this transport:
+
+a. End offsets. ``ListOffsets(LATEST)`` answers (first offset of the last
+   record batch) + 1 when that batch holds more than one record: after a
+   10-record batch, 2 instead of 11. Faust recovers tables up to these end
+   offsets, so a restarted worker silently lost table updates (memory store:
+   4,977-4,980 of 5,000 recovered) or refused to start (RocksDB: "persisted
+   offset higher than highwater"). A Fetch response's high watermark is
+   right, so :func:`fetch_end_offsets` takes end offsets from a Fetch.
+b. Group generation 0. The broker numbers the first generation 0 where Kafka
+   starts at 1, and aiokafka sends LeaveGroup only for generation > 0: a
+   gracefully stopped first worker stayed in the group until its session
+   expired, and its successor waited 12.5-14 s instead of ~3 s.
+   :class:`GroupCoordinator` leaves the group from generation 0 too.
+c. Join delay. The broker answers a JoinGroup only after half the session
+   timeout (Faust's 60 s default: ~30 s to the first message).
+   :func:`worker_environment` gives workers a 2 s session, which real Kafka
+   would reject (its minimum is 6 s): that is why it is not the default.
+d. Transactions. InitProducerId fails (aiokafka speaks v0, the broker needs
+   v3 fields) and read_committed consumers saw aborted records, so
+   ``processing_guarantee="exactly_once"`` is refused with
+   :class:`TansuUnsupported` when the worker creates its consumer or producer.
+e. Fetch wait. The broker holds a fetch for its full wait even when data
+   arrives, so every hop costs up to the consumer's fetch wait (1.5 s,
+   hard-coded in Faust's driver). ``TANSU_FETCH_MAX_WAIT_MS`` sets it; see
+   :data:`FETCH_WAIT_ENV` for why the default stays 1.5 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiokafka
+from aiokafka.consumer.group_coordinator import GroupCoordinator as _AIOKafkaGroupCoordinator
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.protocol.group import LeaveGroupRequest
+from aiokafka.structs import TopicPartition
+from faust.exceptions import ImproperlyConfigured
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.enums import ProcessingGuarantee
+
+log = logging.getLogger(__name__)
+
+#: Environment variable overriding the consumer's fetch wait (milliseconds).
+#: Unset: Faust's 1,500 ms. A 100 ms wait cut a 3-hop pipeline's latency from
+#: 1.58 s to 130 ms but was measured losing 120-209 messages at a rebalance
+#: with two workers (3 of 6 runs), so it is opt-in until proven loss-free.
+FETCH_WAIT_ENV = "TANSU_FETCH_MAX_WAIT_MS"
+
+#: Fetch waits tried in turn by :func:`fetch_end_offsets` (ms)
+FETCH_END_WAITS_MS = (10, 50, 200, 1000)
+
+
+class TansuUnsupported(ImproperlyConfigured):
+    """A Faust feature the embedded broker cannot provide."""
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment a Faust worker needs on the embedded broker.
+
+    - ``BROKER_SESSION_TIMEOUT=2``: the broker answers JoinGroup after half the
+      session, so a 2 s session joins in ~1 s (measured time to first
+      message 2.5 s, against 31.6 s with Faust's 60 s default). Real Kafka
+      rejects sessions under 6 s; only the embedded stack uses this.
+    - ``BROKER_HEARTBEAT_INTERVAL=0.5``: a quarter of the session, so a
+      missed heartbeat or two does not expire a live member.
+    - ``BROKER_REBALANCE_TIMEOUT=10``: how long the broker waits for members
+      to rejoin during a rebalance; a member that stopped without leaving
+      holds a rebalance up at most this long instead of Faust's 60 s.
+    - ``BROKER_COMMIT_INTERVAL=0.5``: faust-streaming forgets what it
+      processed since its last commit when partitions are revoked, and the
+      short session makes rebalances frequent: committing every 0.5 s
+      instead of 2.8 s cut the replayed work per rebalance from ~1,000 to
+      15-48 messages.
+    """
+    return {
+        "BROKER_SESSION_TIMEOUT": "2",
+        "BROKER_HEARTBEAT_INTERVAL": "0.5",
+        "BROKER_REBALANCE_TIMEOUT": "10",
+        "BROKER_COMMIT_INTERVAL": "0.5",
+    }
+
+
+# -- a. end offsets ---------------------------------------------------------------
+
+
+async def fetch_end_offsets(consumer: aiokafka.AIOKafkaConsumer, partitions: Iterable[TP]) -> dict[TP, int]:
+    """End offsets (offset of the next record) from Fetch high watermarks.
+
+    ``ListOffsets(LATEST)`` can answer short of the end on this broker, but
+    never past it, and never before the log start: it is a valid offset to
+    fetch from, so the Fetch stays small (at most the last batch) and its
+    high watermark is the true end.
+    """
+    tps = list(partitions)
+    if not tps:
+        return {}
+    listed = await consumer.end_offsets(tps)
+    client = consumer._client  # the consumer's own connections
+    by_leader: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
+    for tp in tps:
+        leader = client.cluster.leader_for_partition(TopicPartition(tp.topic, tp.partition))
+        if leader is None or leader == -1:
+            raise KafkaError(f"no leader known for {tp}")
+        by_leader[leader][tp.topic].append((tp.partition, listed[tp], 1))
+    ends: dict[TP, int] = {}
+    for node_id, topics in by_leader.items():
+        for wait_ms in FETCH_END_WAITS_MS:
+            # min_bytes 0: no need to wait for data. The broker answers a
+            # max_wait of 0 with no partitions at all, hence a few ms.
+            request = FetchRequest(wait_ms, 0, 1, 0, list(topics.items()))
+            response = await client.send(node_id, request)
+            for topic, partition_data in response.topics:
+                for partition, error_code, highwater, *_ in partition_data:
+                    if error_code:
+                        raise for_code(error_code)(f"fetching the end of {topic}[{partition}]")
+                    ends[TopicPartition(topic, partition)] = highwater
+            if all(TopicPartition(topic, p) in ends for topic, parts in topics.items() for p, *_ in parts):
+                break
+        else:
+            raise KafkaError(f"the broker (node {node_id}) did not report high watermarks for {dict(topics)}")
+    for tp in tps:
+        if listed[tp] != ends[tp]:
+            log.debug("end of %s: ListOffsets said %d, Fetch high watermark %d", tp, listed[tp], ends[tp])
+    return {tp: ends[tp] for tp in tps}
+
+
+# -- b. leaving the group from generation 0 -----------------------------------------
+
+
+class GroupCoordinator(_AIOKafkaGroupCoordinator):
+    """aiokafka's coordinator, leaving the group from generation 0 as well."""
+
+    async def _maybe_leave_group(self) -> None:
+        # aiokafka leaves only when generation > 0; on this broker the first
+        # generation is 0, so that member would linger until its session expired
+        if self.generation == 0 and self.member_id and self._group_instance_id is None:
+            try:
+                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
+            except KafkaError as exc:
+                log.warning("LeaveGroup from generation 0 failed: %s", exc)
+            else:
+                log.info("left group %s (generation 0)", self.group_id)
+        await super()._maybe_leave_group()
+
+
+# -- the transport ------------------------------------------------------------------------
+
+
+def _refuse_exactly_once(app: Any) -> None:
+    if app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE:
+        raise TansuUnsupported(
+            "processing_guarantee='exactly_once' is not available on the embedded Tansu broker "
+            "(tansu://): it needs Kafka transactions and idempotent producers, which this broker "
+            "does not support (InitProducerId fails; read_committed consumers see aborted records). "
+            "Use processing_guarantee='at_least_once' with the embedded stack, or real Kafka (kafka://)."
+        )
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread with the Tansu work-arounds."""
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        consumer = self._ensure_consumer()
+        coordinator = getattr(consumer, "_coordinator", None)
+        if isinstance(coordinator, _AIOKafkaGroupCoordinator):
+            # created inside AIOKafkaConsumer.start(): swap in the subclass
+            # rather than patching aiokafka's module globals
+            coordinator.__class__ = GroupCoordinator
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = os.environ.get(FETCH_WAIT_ENV)
+        if wait_ms:
+            # Faust passes a hard-coded 1500; the Fetcher reads this at start()
+            consumer._fetch_max_wait_ms = int(wait_ms)
+        return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        return await fetch_end_offsets(self._ensure_consumer(), partitions)
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, running :class:`ConsumerThread`."""
+
+    def __init__(self, transport: Any, **kwargs: Any) -> None:
+        _refuse_exactly_once(transport.app)
+        super().__init__(transport, **kwargs)
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Producer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer; refuses exactly-once (idempotence fails here)."""
+
+    def __init__(self, transport: Any, **kwargs: Any) -> None:
+        _refuse_exactly_once(transport.app)
+        super().__init__(transport, **kwargs)
+
+
+class Transport(faust_aiokafka.Transport):
+    """``tansu://``: Faust's Kafka transport for the embedded Tansu broker."""
+
+    Consumer = Consumer
+    Producer = Producer
