@@ -15,7 +15,10 @@ __all__ = ["app"]
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from streamapp.app import app
+        import streamapp.app as module
 
-        return app
+        # Importing the submodule binds ``streamapp.app`` to the *module*;
+        # rebind it to the Faust app, which is what ``-A streamapp`` wants.
+        globals()["app"] = module.app
+        return module.app
     raise AttributeError(f"module 'streamapp' has no attribute {name!r}")

@@ -10,7 +10,6 @@ Client errors are mapped here, at the edge, to the pipeline's two kinds:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -84,7 +83,7 @@ class Storage(Service):
         self._client = None
 
     @property
-    def client(self):  # noqa: ANN201 (aiobotocore clients are generated at run time)
+    def client(self):
         if self._client is None:
             raise StorageUnavailable("the S3 client is not started")
         return self._client
@@ -105,7 +104,7 @@ class Storage(Service):
                 data = await body.read()
         except ClientError as exc:
             raise _map_client_error(exc, what) from exc
-        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
         if len(data) > self.settings.max_object_bytes:  # a server that sent no Content-Length
             raise ObjectTooLarge(f"object is {len(data)} bytes, over the {self.settings.max_object_bytes}-byte limit")
@@ -131,7 +130,7 @@ class Storage(Service):
                 if not await self._bucket_exists(self.settings.archive_bucket):
                     raise StorageUnavailable(f"{what}: archive bucket {self.settings.archive_bucket!r} does not exist") from exc
             raise error from exc
-        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
         return key
 
@@ -142,6 +141,6 @@ class Storage(Service):
             if isinstance(_map_client_error(exc, "HeadBucket"), ObjectNotFound):
                 return False
             raise _map_client_error(exc, f"HeadBucket {bucket}") from exc
-        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise StorageUnavailable(f"HeadBucket {bucket}: {type(exc).__name__}: {exc}") from exc
         return True

@@ -1,0 +1,30 @@
+# The two commands of the README, and what they need. Everything installs into
+# .venv (and, for the tests against third-party model servers, .venv-kserve
+# and .venv-mlserver) inside this folder; nothing is installed system-wide.
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test lint peers clean
+
+up: $(STAMP)
+	$(VENV)/bin/streamapp up
+
+test: $(STAMP) peers
+	$(VENV)/bin/ruff check streamapp tests tools
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check streamapp tests tools
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+peers: $(STAMP)
+	bash tests/peers/setup_peers.sh
+
+clean:
+	rm -rf $(VENV) .venv-kserve .venv-mlserver .data .cache .pytest_cache .ruff_cache

@@ -1,0 +1,279 @@
+"""The topology, in the order data flows.
+
+    s3-events (raw notification JSON, keyed bucket/key)
+      -> preprocess: parse, GetObject, decode + normalize      -> tensors
+      -> infer: batches of tensors -> one predictor request    -> labeled
+      -> archive: server-side copy to <prefix><digit>/<key>    -> archived
+      -> tally: images[identity] = digit  (GlobalTable)        -> GET /digits/
+    any input that cannot be processed                         -> dead-letters
+      -> tally_dead_letters: dead_letters[source] = kind       -> GET /stats/
+
+Delivery is at least once: an event is acked (its offset committable) only
+after everything it produced has been sent, and Faust flushes the producer
+before it commits. Rebalances replay what was processed since the last commit,
+so every sink is idempotent: the archive rewrites the same key, and the tally
+*sets* a key per image version instead of incrementing a counter, so a replay
+cannot count an image twice. Counts per digit are derived from that set.
+
+Per-event data lives in local variables and records only; the agents share
+nothing mutable but the Faust tables, which only the tally agents write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from faust.types import EventT, StreamT
+
+from streamapp import transform
+from streamapp.app import app, settings
+from streamapp.errors import BadInput, InvalidEvent, PredictorRejected
+from streamapp.events import Invalid, Skipped, parse_notification
+from streamapp.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
+from streamapp.retry import retry_until_done
+
+log = logging.getLogger(__name__)
+
+#: how much of an unparseable notification a dead letter keeps
+_MAX_EVENT_TEXT = 64 * 1024
+
+# -- topics -------------------------------------------------------------------
+# Keys are "bucket/key" (raw UTF-8) everywhere, so every record about one
+# object lands on the same partition number of each topic.
+
+events_topic = app.topic(settings.events_topic, key_serializer="raw", value_type=bytes, value_serializer="raw")
+tensors_topic = app.topic(settings.tensors_topic, key_serializer="raw", value_type=TensorRecord)
+labeled_topic = app.topic(settings.labeled_topic, key_serializer="raw", value_type=LabeledRecord)
+archived_topic = app.topic(settings.archived_topic, key_serializer="raw", value_type=ArchivedRecord)
+dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_type=DeadLetter)
+
+# -- tables -------------------------------------------------------------------
+# Global: every worker reads every partition's changelog, so any worker can
+# answer for the totals. recovery_buffer_size=1 applies changelog records as
+# they arrive (faust-streaming #283: larger buffers left remote keys unseen).
+
+images = app.GlobalTable(
+    "images",
+    key_type=str,
+    value_type=int,
+    recovery_buffer_size=1,
+    help="image version (bucket/key@etag) -> digit: the set the counts derive from",
+)
+dead_letters = app.GlobalTable(
+    "dead-letters",
+    key_type=str,
+    value_type=str,
+    recovery_buffer_size=1,
+    help="failed input (topic:partition:offset:index:stage) -> error kind",
+)
+
+# Per-worker, in-memory, for /stats/: how this process spent its time.
+# Only ever incremented by whole numbers from one event loop thread.
+stats: Counter[str] = Counter()
+
+
+async def send_dead_letter(stage: str, error: BadInput, event: EventT, *, image: ObjectRef | None = None,
+                           raw: bytes | None = None, index: int = 0) -> None:
+    """Write one dead-letter record: what failed, where it sits in Kafka, and why."""
+    message = event.message
+    text = None
+    if raw is not None:
+        text = raw[:_MAX_EVENT_TEXT].decode("utf-8", errors="replace")
+    record = DeadLetter.now(
+        stage=stage,
+        kind=error.kind,
+        reason=str(error),
+        image=image,
+        event=text,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        index=index,
+    )
+    stats[f"dead_letter.{stage}.{error.kind}"] += 1
+    log.warning("dead letter from %s (%s): %s", stage, error.kind, error)
+    await dead_letter_topic.send(key=image.path if image else None, value=record)
+
+
+# -- 1. events -> preprocess -> tensors ----------------------------------------
+
+
+async def fetch_tensor(ref: ObjectRef, received_at: float) -> TensorRecord:
+    """GetObject (retried while S3 is down) and normalize it off the event loop."""
+    started = time.perf_counter()
+    data = await retry_until_done(
+        lambda: app.storage.get(ref),
+        what=f"GetObject s3://{ref.bucket}/{ref.key}",
+        initial=settings.retry_initial,
+        maximum=settings.retry_max,
+    )
+    fetched = time.perf_counter()
+    # decoding is CPU work that OpenCV does without the GIL: a thread keeps
+    # the loop (heartbeats, other events' downloads) responsive
+    tensor = await asyncio.to_thread(transform.to_tensor, data, mode=settings.transform, max_pixels=settings.max_pixels)
+    done = time.perf_counter()
+    timings = {"s3_get": fetched - started, "transform": done - fetched}
+    return TensorRecord.from_array(ref, tensor, timings=timings, received_at=received_at)
+
+
+@app.agent(events_topic, concurrency=settings.preprocess_concurrency)
+async def preprocess(stream: StreamT[bytes]) -> None:
+    async for event in stream.events():
+        received_at = time.time()
+        raw = event.value
+        try:
+            items = parse_notification(
+                raw, archive_bucket=settings.archive_bucket, archive_prefix=settings.archive_prefix
+            )
+        except InvalidEvent as exc:
+            await send_dead_letter("events", exc, event, raw=raw)
+            continue
+        # items: every Record of the notification, each an object to process,
+        # a skipped event (removal, tagging, test, own archive write) or an
+        # invalid record
+        for index, item in enumerate(items):
+            if isinstance(item, Skipped):
+                stats[f"skipped.{item.reason}"] += 1
+                log.debug("skipped %s: %s", item.event_name, item.reason)
+                continue
+            if isinstance(item, Invalid):
+                await send_dead_letter("events", InvalidEvent(item.reason), event, raw=raw, index=index)
+                continue
+            try:
+                record = await fetch_tensor(item, received_at)
+            except BadInput as exc:
+                await send_dead_letter("preprocess", exc, event, image=item, index=index)
+                continue
+            # record: 28x28 float32 tensor + object identity + timings
+            await tensors_topic.send(key=item.path, value=record)
+            stats["preprocessed"] += 1
+
+
+# -- 2. tensors -> infer -> labeled --------------------------------------------
+
+
+async def predict_batch(batch: np.ndarray) -> list:
+    """One predictor request for the batch, retried while the predictor is down."""
+    return await retry_until_done(
+        lambda: app.predictor.client.predict(batch),
+        what=f"predict {len(batch)} tensors",
+        initial=settings.retry_initial,
+        maximum=settings.retry_max,
+    )
+
+
+async def label(events: Sequence[EventT], tensors: Sequence[np.ndarray], formed_at: float) -> None:
+    """Predict ``tensors`` and send a labeled record for each event.
+
+    A 4xx answer means some input in the batch is unacceptable: the batch is
+    split in halves until the offending tensors are alone, and only those are
+    dead-lettered.
+    """
+    started = time.perf_counter()
+    try:
+        predictions = await predict_batch(np.stack(tensors))
+    except PredictorRejected as exc:
+        if len(events) == 1:
+            record: TensorRecord = events[0].value
+            await send_dead_letter("inference", exc, events[0], image=record.image)
+            return
+        half = len(events) // 2
+        await label(events[:half], tensors[:half], formed_at)
+        await label(events[half:], tensors[half:], formed_at)
+        return
+    predict_seconds = time.perf_counter() - started
+    for event, prediction in zip(events, predictions, strict=True):
+        record = event.value
+        timings = dict(record.timings)
+        # wait: from the tensor record being produced to its batch being formed
+        timings["batch_wait"] = max(0.0, formed_at - event.message.timestamp)
+        timings["predict"] = predict_seconds
+        labeled = LabeledRecord(
+            image=record.image,
+            digit=prediction.digit,
+            model=settings.model_name,
+            timings=timings,
+            received_at=record.received_at,
+            probabilities=list(prediction.probabilities) if prediction.probabilities is not None else None,
+        )
+        await labeled_topic.send(key=record.image.path, value=labeled)
+    stats["labeled"] += len(events)
+
+
+@app.agent(tensors_topic)
+async def infer(stream: StreamT[TensorRecord]) -> None:
+    # a batch goes when it holds batch_max_size tensors or batch_max_delay has
+    # passed; Faust acks its events only after this loop body has finished
+    async for batch in stream.take_events(settings.batch_max_size, within=settings.batch_max_delay):
+        formed_at = time.time()
+        good_events: list[EventT] = []
+        tensors: list[np.ndarray] = []
+        for event in batch:
+            try:
+                tensors.append(event.value.array())
+            except BadInput as exc:
+                await send_dead_letter("inference", exc, event, image=event.value.image)
+                continue
+            good_events.append(event)
+        # good_events / tensors: (B,) events and their (28, 28) float32 arrays
+        if good_events:
+            await label(good_events, tensors, formed_at)
+
+
+# -- 3. labeled -> archive -> archived -----------------------------------------
+
+
+@app.agent(labeled_topic, concurrency=settings.archive_concurrency)
+async def archive(stream: StreamT[LabeledRecord]) -> None:
+    async for event in stream.events():
+        record: LabeledRecord = event.value
+        started = time.perf_counter()
+        try:
+            key = await retry_until_done(
+                lambda record=record: app.storage.archive(record.image, record.digit),
+                what=f"archive s3://{record.image.bucket}/{record.image.key}",
+                initial=settings.retry_initial,
+                maximum=settings.retry_max,
+            )
+        except BadInput as exc:
+            await send_dead_letter("archive", exc, event, image=record.image)
+            continue
+        timings = dict(record.timings)
+        timings["archive"] = time.perf_counter() - started
+        archived = ArchivedRecord(
+            image=record.image, digit=record.digit, archive_key=key, timings=timings, received_at=record.received_at
+        )
+        await archived_topic.send(key=record.image.path, value=archived)
+        stats["archived"] += 1
+
+
+# -- 4. archived -> tally ------------------------------------------------------
+
+
+@app.agent(archived_topic)
+async def tally(stream: StreamT[ArchivedRecord]) -> None:
+    async for record in stream:
+        # a set, not a counter: a replayed record rewrites the same key
+        images[record.image.identity] = record.digit
+        stats["counted"] += 1
+
+
+@app.agent(dead_letter_topic)
+async def tally_dead_letters(stream: StreamT[DeadLetter]) -> None:
+    async for record in stream:
+        dead_letters[record.source] = record.kind
+
+
+def digit_counts() -> dict[str, int]:
+    """Images per digit over every partition: all ten keys, zeros included."""
+    counts = Counter(images.values())
+    return {str(digit): counts.get(digit, 0) for digit in range(10)}
+
+
+def dead_letter_counts() -> dict[str, int]:
+    return dict(Counter(dead_letters.values()))

@@ -1,0 +1,108 @@
+"""Dependencies going down, workers restarting and scaling: nothing lost, counts exact.
+
+These tests stop and start real processes of the session stack (predictor,
+S3 server, worker) and run last in the pipeline suite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from streamapp.events import minio_notification
+from tests.conftest import (
+    digit_counts,
+    http_json,
+    produce,
+    read_topic,
+    start_stack,
+    upload_files,
+)
+from tests.test_pipeline import tricky_copies, wait_counts
+
+pytestmark = pytest.mark.integration
+
+
+def dead_letters_under(stack, prefix: str) -> list[dict]:
+    return [
+        r
+        for r in read_topic(stack, stack.settings.dead_letter_topic)
+        if (r.get("image") or {}).get("key", "").startswith(prefix)
+    ]
+
+
+def test_predictor_down_then_back_loses_nothing(stack, samples, tmp_path):
+    labels = tricky_copies(samples[:10], tmp_path, folder="pd")
+    before = digit_counts(stack)
+    stack.stop_predictor()
+    try:
+        upload_files(stack, [tmp_path], prefix="predictor-down/")
+        time.sleep(4)  # long enough for the worker to try and back off
+        assert digit_counts(stack) == before
+    finally:
+        stack.start_predictor()
+    wait_counts(stack, before + Counter(labels.values()))
+    assert not dead_letters_under(stack, "predictor-down/")
+
+
+def test_s3_down_then_back_loses_nothing(stack, samples, tmp_path):
+    labels = tricky_copies(samples[:10], tmp_path, folder="sd")
+    before = digit_counts(stack)
+    uploaded = upload_files(stack, [tmp_path], prefix="s3-down/", notify=False)
+    stack.stop_s3()
+    try:
+        produce(stack, stack.settings.events_topic, [minio_notification(u.ref) for u in uploaded])
+        time.sleep(4)
+        assert digit_counts(stack) == before
+    finally:
+        stack.start_s3()
+    wait_counts(stack, before + Counter(labels.values()))
+    assert not dead_letters_under(stack, "s3-down/")
+
+
+def test_restarted_worker_recovers_counts_exactly(stack, samples, tmp_path):
+    counts = digit_counts(stack)
+    assert sum(counts.values()) > 0
+    stack.stop_worker(0)
+    started = time.monotonic()
+    stack.start_worker(0)
+    stack.wait_worker_ready(0)
+    print(f"worker restart to web ready: {time.monotonic() - started:.1f}s")
+    assert digit_counts(stack) == counts
+    # and it goes on counting
+    labels = tricky_copies(samples[:5], tmp_path, folder="after-restart")
+    upload_files(stack, [tmp_path], prefix="after-restart/")
+    wait_counts(stack, counts + Counter(labels.values()))
+
+
+def test_two_workers_share_partitions_and_count_exactly(tmp_path_factory, samples):
+    """Scale out and in while images flow: every image counted once, on both workers."""
+    stack = start_stack(tmp_path_factory.mktemp("two-workers"), workers=1, partitions=4)
+    try:
+        copies = 8
+        labels: Counter = Counter()
+        batches = []
+        for round_ in range(copies):
+            folder = tmp_path_factory.mktemp(f"round{round_}")
+            batch_labels = tricky_copies(samples, folder, folder=f"r{round_}")
+            labels.update(batch_labels.values())
+            batches.append(folder)
+        upload_files(stack, batches[:2], prefix="scale/")
+        stack.start_worker(1)  # rebalance while the first images are in flight
+        upload_files(stack, batches[2:5], prefix="scale/")
+        stack.wait_worker_ready(1)
+        upload_files(stack, batches[5:], prefix="scale/")
+        stack.stop_worker(0)  # and another one: worker 1 takes everything over
+        wait_counts(stack, labels, worker=1)
+        stack.start_worker(0)
+        stack.wait_worker_ready(0)
+        # both workers answer for all partitions (global table)
+        assert wait_counts(stack, labels, worker=0) == labels
+        assert digit_counts(stack, 1) == labels
+        stats = [http_json(stack.web_url(i) + "/stats/")["worker"]["counters"] for i in (0, 1)]
+        print("per-worker counters after the rebalances:", stats)
+        assert not dead_letters_under(stack, "scale/")
+    finally:
+        stack.stop()
