@@ -32,6 +32,7 @@ from faust.types import EventT, StreamT
 
 from streamapp import transform
 from streamapp.app import app, settings
+from streamapp.batching import BatchingStream, BatchPolicy
 from streamapp.errors import BadInput, InvalidEvent, PredictorRejected
 from streamapp.events import Invalid, Skipped, parse_notification
 from streamapp.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
@@ -205,11 +206,14 @@ async def label(events: Sequence[EventT], tensors: Sequence[np.ndarray], formed_
     stats["labeled"] += len(events)
 
 
+policy = BatchPolicy(settings.batch_max_size, settings.batch_max_delay)
+
+
 @app.agent(tensors_topic)
-async def infer(stream: StreamT[TensorRecord]) -> None:
-    # a batch goes when it holds batch_max_size tensors or batch_max_delay has
-    # passed; Faust acks its events only after this loop body has finished
-    async for batch in stream.take_events(settings.batch_max_size, within=settings.batch_max_delay):
+async def infer(stream: BatchingStream) -> None:
+    # a batch goes when it holds batch_max_size tensors or its oldest has
+    # waited batch_max_delay; its events are acked after this body has run
+    async for batch in stream.take_batches(policy):
         formed_at = time.time()
         good_events: list[EventT] = []
         tensors: list[np.ndarray] = []

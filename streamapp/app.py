@@ -83,6 +83,7 @@ class StreamApp(faust.App):
             broker_commit_interval=0.5,
             topic_partitions=8,
             web_port=6066,
+            Stream="streamapp.batching:BatchingStream",
         )
         self.settings = settings
         self.storage = Storage(settings)
