@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 SETTLE = 60.0  # seconds any expected outcome may take on a loaded 2-core machine
 
 
-def tricky_copies(samples: list[Path], dest: Path, folder: str = "ünï cödé+x %2F") -> dict[str, int]:
+def tricky_copies(samples: list[Path], dest: Path, folder: str = "ünï cödé+x 100% (a)") -> dict[str, int]:
     """Copy samples under names that need URL-encoding; return {relative key: label}."""
     target = dest / folder
     target.mkdir(parents=True)
