@@ -83,9 +83,6 @@ def worker_environment() -> dict[str, str]:
       rejects sessions under 6 s; only the embedded stack uses this.
     - ``BROKER_HEARTBEAT_INTERVAL=0.5``: a quarter of the session, so a
       missed heartbeat or two does not expire a live member.
-    - ``BROKER_REBALANCE_TIMEOUT=10``: how long the broker waits for members
-      to rejoin during a rebalance; a member that stopped without leaving
-      holds a rebalance up at most this long instead of Faust's 60 s.
     - ``BROKER_COMMIT_INTERVAL=0.5``: faust-streaming forgets what it
       processed since its last commit when partitions are revoked, and the
       short session makes rebalances frequent: committing every 0.5 s
@@ -95,7 +92,6 @@ def worker_environment() -> dict[str, str]:
     return {
         "BROKER_SESSION_TIMEOUT": "2",
         "BROKER_HEARTBEAT_INTERVAL": "0.5",
-        "BROKER_REBALANCE_TIMEOUT": "10",
         "BROKER_COMMIT_INTERVAL": "0.5",
     }
 
