@@ -1,0 +1,406 @@
+"""``streamapp bench``: what one image costs, measured side by side in one run.
+
+Reads: the bundled sample digits (uploaded many times under distinct keys).
+Writes: a table on stdout, the same figures as JSON (``--json``), progress on
+stderr, and a throw-away embedded stack in ``--data-dir``.
+
+One invocation starts its own embedded stack and measures, in order:
+
+1. startup: from launching a worker to its first image counted;
+2. pipeline throughput: N notifications published at once, images/s from the
+   first notification to the last image counted;
+3. latency at a light, fixed rate: notification to counted, p50/p95/p99, and
+   the stage breakdown the records carry (S3 get, transform, batch wait,
+   predictor call, archive);
+4. baseline: the KServe sample's path on the same images and servers, one
+   event at a time: GetObject, its transform, one instance to the predictor
+   (v1), PutObject of the original to the archive;
+5. ceiling: the S3 server's own rate for what an image needs at minimum (one
+   GET and one server-side COPY) at the pipeline's concurrency, no Kafka, no
+   model;
+6. predictor: images/s of the model server at batch sizes 1, 8, 32, 128.
+
+"Counted" is the moment the tally agent set the image in the ``images``
+table: the Kafka timestamp of that table's changelog record, so no polling
+interval blurs the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streamapp import transform
+from streamapp.embedded.process import free_port
+from streamapp.embedded.stack import Stack, StackConfig
+from streamapp.events import minio_notification
+from streamapp.predictor import PredictorClient, encode_v1, parse_v1
+from streamapp.records import ObjectRef
+from streamapp.upload import Progress
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 8, 32, 128)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+@dataclass
+class Image:
+    key: str
+    body: bytes
+    ref: ObjectRef | None = None  # once uploaded
+
+
+class Bench:
+    def __init__(self, stack: Stack, samples: list[bytes]) -> None:
+        self.stack = stack
+        self.samples = samples
+        env = stack.client_env()
+        self.env = env
+        self.bucket = stack.config.input_bucket
+        self.topic = stack.settings.events_topic
+        self.changelog = f"{stack.settings.app_id}-images-changelog"
+        self.concurrency = stack.settings.preprocess_concurrency
+        self._s3_ctx = get_session().create_client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL_S3"],
+            region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            config=AioConfig(max_pool_connections=64, retries={"max_attempts": 3, "mode": "standard"}),
+        )
+
+    async def __aenter__(self) -> Bench:
+        self.s3 = await self._s3_ctx.__aenter__()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.stack.broker.bootstrap, linger_ms=2)
+        await self.producer.start()
+        self.http = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.close()
+        await self.producer.stop()
+        await self._s3_ctx.__aexit__(None, None, None)
+
+    # -- material ---------------------------------------------------------------
+
+    def images(self, run: str, n: int) -> list[Image]:
+        return [Image(f"bench/{run}/{i:06d}.png", self.samples[i % len(self.samples)]) for i in range(n)]
+
+    async def put(self, image: Image) -> ObjectRef:
+        response = await self.s3.put_object(Bucket=self.bucket, Key=image.key, Body=image.body, ContentType="image/png")
+        image.ref = ObjectRef(
+            bucket=self.bucket,
+            key=image.key,
+            etag=str(response["ETag"]).strip('"'),
+            size=len(image.body),
+            event_name="s3:ObjectCreated:Put",
+        )
+        return image.ref
+
+    async def put_all(self, images: list[Image], label: str) -> None:
+        bar = Progress(len(images), label)
+        gate = asyncio.Semaphore(32)
+
+        async def one(image: Image) -> None:
+            async with gate:
+                await self.put(image)
+            bar.step()
+
+        await asyncio.gather(*(one(image) for image in images))
+
+    async def notify(self, image: Image) -> float:
+        """Publish the MinIO notification; return when it was sent (epoch seconds)."""
+        if image.ref is None:
+            raise ValueError(f"{image.key} was never uploaded")
+        key, value = minio_notification(image.ref, endpoint=self.env["AWS_ENDPOINT_URL_S3"])
+        sent = time.time()
+        await self.producer.send(self.topic, value=value, key=key)
+        return sent
+
+    # -- counted times ------------------------------------------------------------
+
+    async def counted_times(self, identities: set[str], *, timeout: float, label: str) -> dict[str, float]:
+        """identity -> epoch seconds it was counted, read from the images table's changelog."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.stack.broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+        )
+        await consumer.start()
+        found: dict[str, float] = {}
+        bar = Progress(len(identities), label)
+        try:
+            partitions = consumer.partitions_for_topic(self.changelog)
+            while not partitions:
+                await asyncio.sleep(0.2)
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(self.changelog)
+            tps = [TopicPartition(self.changelog, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            deadline = time.monotonic() + timeout
+            while len(found) < len(identities) and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    for message in messages:
+                        identity = json.loads(message.key) if message.key else None
+                        if identity in identities and identity not in found:
+                            found[identity] = message.timestamp / 1000
+                            bar.step()
+        finally:
+            await consumer.stop()
+        if len(found) < len(identities):
+            raise TimeoutError(f"{label}: only {len(found)} of {len(identities)} images counted within {timeout:.0f}s")
+        return found
+
+    async def stage_timings(self, identities: set[str]) -> dict[str, list[float]]:
+        """Per-stage seconds the archived records carry, for ``identities``."""
+        topic = self.stack.settings.archived_topic
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.broker.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        stages: dict[str, list[float]] = {}
+        seen: set[str] = set()
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            idle = 0
+            while len(seen) < len(identities) and idle < 3:
+                batch = await consumer.getmany(timeout_ms=500)
+                idle = 0 if any(batch.values()) else idle + 1
+                for messages in batch.values():
+                    for message in messages:
+                        record = json.loads(message.value)
+                        image = record["image"]
+                        version = image.get("version_id") or image.get("etag", "")
+                        identity = f"{image['bucket']}/{image['key']}@{version}"
+                        if identity in identities and identity not in seen:
+                            seen.add(identity)
+                            for stage, seconds in record["timings"].items():
+                                stages.setdefault(stage, []).append(seconds)
+        finally:
+            await consumer.stop()
+        return stages
+
+    # -- the measurements -------------------------------------------------------
+
+    async def startup(self) -> dict[str, float]:
+        """Launch the worker with one event waiting; seconds to the first image counted."""
+        image = self.images("startup", 1)[0]
+        await self.put(image)
+        await self.notify(image)
+        await self.producer.flush()
+        launched = time.time()
+        self.stack.start_worker(0)
+        counted = await self.counted_times({image.ref.identity}, timeout=120, label="startup")
+        await asyncio.to_thread(self.stack.wait_worker_ready, 0)
+        return {"worker_start_to_first_counted_s": counted[image.ref.identity] - launched}
+
+    async def throughput(self, n: int) -> dict[str, float]:
+        images = self.images("throughput", n)
+        await self.put_all(images, "uploading")
+        first_sent = None
+        for image in images:
+            sent = await self.notify(image)
+            first_sent = first_sent or sent
+        await self.producer.flush()
+        counted = await self.counted_times({i.ref.identity for i in images}, timeout=60 + n / 5, label="pipeline ")
+        elapsed = max(counted.values()) - first_sent
+        return {"images": n, "seconds": elapsed, "images_per_s": n / elapsed}
+
+    async def latency(self, rate: float, seconds: float) -> dict[str, Any]:
+        n = max(1, int(rate * seconds))
+        images = self.images("latency", n)
+        await self.put_all(images, "uploading")
+        sent: dict[str, float] = {}
+        bar = Progress(n, f"light load {rate:g}/s")
+        start = time.monotonic()
+        for index, image in enumerate(images):
+            # a fixed schedule, not a fixed sleep: the rate holds whatever a send costs
+            await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
+            sent[image.ref.identity] = await self.notify(image)
+            await self.producer.flush()
+            bar.step()
+        counted = await self.counted_times(set(sent), timeout=120, label="counted  ")
+        latencies = [counted[identity] - sent[identity] for identity in sent]
+        stages = await self.stage_timings(set(sent))
+        return {
+            "rate_per_s": rate,
+            "images": n,
+            "p50_s": percentile(latencies, 50),
+            "p95_s": percentile(latencies, 95),
+            "p99_s": percentile(latencies, 99),
+            "max_s": max(latencies),
+            "stages_p50_s": {stage: percentile(v, 50) for stage, v in sorted(stages.items())},
+            "stages_p95_s": {stage: percentile(v, 95) for stage, v in sorted(stages.items())},
+        }
+
+    async def baseline(self, n: int) -> dict[str, float]:
+        """The KServe sample's path: one event at a time, start to finish."""
+        images = self.images("baseline", n)
+        await self.put_all(images, "uploading")
+        url = f"{self.stack.predictor_url}/v1/models/{self.stack.settings.model_name}:predict"
+        archive = self.stack.settings.archive_bucket
+        bar = Progress(n, "baseline ")
+        started = time.monotonic()
+        for image in images:
+            response = await self.s3.get_object(Bucket=self.bucket, Key=image.key)
+            async with response["Body"] as body:
+                data = await body.read()
+            tensor = transform.to_tensor(data, mode="kserve-sample")
+            async with self.http.post(url, json=encode_v1(tensor[None])) as answer:
+                answer.raise_for_status()
+                digit = parse_v1(await answer.json(), 1)[0].digit
+            await self.s3.put_object(Bucket=archive, Key=f"baseline/{digit}/{image.key}", Body=data)
+            bar.step()
+        elapsed = time.monotonic() - started
+        return {"images": n, "seconds": elapsed, "images_per_s": n / elapsed}
+
+    async def ceiling(self, n: int) -> dict[str, float]:
+        """GET + COPY per image against the S3 server alone, at the pipeline's concurrency."""
+        images = self.images("ceiling", n)
+        await self.put_all(images, "uploading")
+        archive = self.stack.settings.archive_bucket
+        gate = asyncio.Semaphore(self.concurrency)
+        bar = Progress(n, "S3 alone ")
+
+        async def one(image: Image) -> None:
+            async with gate:
+                response = await self.s3.get_object(Bucket=self.bucket, Key=image.key)
+                async with response["Body"] as body:
+                    await body.read()
+                await self.s3.copy_object(
+                    Bucket=archive, Key=f"ceiling/{image.key}", CopySource={"Bucket": self.bucket, "Key": image.key}
+                )
+            bar.step()
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(image) for image in images))
+        elapsed = time.monotonic() - started
+        return {"images": n, "concurrency": self.concurrency, "seconds": elapsed, "images_per_s": n / elapsed}
+
+    async def predictor(self, seconds_each: float) -> dict[str, float]:
+        client = PredictorClient(
+            self.http,
+            base_url=self.stack.predictor_url,
+            model_name=self.stack.settings.model_name,
+            protocol=self.stack.settings.predictor_protocol,
+        )
+        tensor = transform.to_tensor(self.samples[0])
+        figures = {}
+        for size in BATCH_SIZES:
+            batch = np.repeat(tensor[None], size, axis=0)
+            await client.predict(batch)  # warm up
+            calls = 0
+            started = time.monotonic()
+            while time.monotonic() - started < seconds_each:
+                await client.predict(batch)
+                calls += 1
+            figures[f"batch_{size}_images_per_s"] = calls * size / (time.monotonic() - started)
+            say(f"predictor batch {size:>3}: {figures[f'batch_{size}_images_per_s']:.0f} images/s")
+        return figures
+
+
+def table(results: dict[str, Any]) -> str:
+    tp, base, ceil, lat = results["pipeline"], results["baseline"], results["ceiling"], results["latency"]
+    rows = [
+        ("pipeline throughput", f"{tp['images_per_s']:.1f} images/s", f"{tp['images']} images in {tp['seconds']:.1f} s"),
+        ("baseline (sample's sequential path)", f"{base['images_per_s']:.1f} images/s", f"{base['images']} images"),
+        ("S3 ceiling (GET + COPY)", f"{ceil['images_per_s']:.1f} images/s", f"concurrency {ceil['concurrency']}"),
+        ("pipeline / baseline", f"{results['ratios']['pipeline_over_baseline']:.1f}x", "goal >= 10x"),
+        ("pipeline / ceiling", f"{results['ratios']['pipeline_over_ceiling'] * 100:.0f}%", "goal >= 50%"),
+        (f"latency at {lat['rate_per_s']:g}/s p50", f"{lat['p50_s'] * 1000:.0f} ms", "notification to counted"),
+        ("latency p95", f"{lat['p95_s'] * 1000:.0f} ms", ""),
+        ("latency p99", f"{lat['p99_s'] * 1000:.0f} ms", "goal <= 250 ms"),
+        ("worker start to first counted", f"{results['startup']['worker_start_to_first_counted_s']:.2f} s", "goal <= 5 s"),
+    ]
+    for stage, p50 in lat["stages_p50_s"].items():
+        rows.append((f"  stage {stage} p50 / p95", f"{p50 * 1000:.1f} ms", f"{lat['stages_p95_s'][stage] * 1000:.1f} ms"))
+    for name, value in results["predictor"].items():
+        rows.append((f"predictor {name.replace('_images_per_s', '').replace('_', ' ')}", f"{value:.0f} images/s", ""))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows)
+
+
+async def run(stack: Stack, args: argparse.Namespace, samples: list[bytes]) -> dict[str, Any]:
+    async with Bench(stack, samples) as bench:
+        results: dict[str, Any] = {}
+        say("== startup")
+        results["startup"] = await bench.startup()
+        say("== pipeline throughput")
+        results["pipeline"] = await bench.throughput(args.images)
+        say("== latency at a light rate")
+        results["latency"] = await bench.latency(args.rate, args.latency_seconds)
+        say("== baseline: the sample's sequential path")
+        results["baseline"] = await bench.baseline(min(args.images, args.baseline_images))
+        say("== ceiling: S3 alone")
+        results["ceiling"] = await bench.ceiling(args.images)
+        say("== predictor")
+        results["predictor"] = await bench.predictor(args.predictor_seconds)
+    results["ratios"] = {
+        "pipeline_over_baseline": results["pipeline"]["images_per_s"] / results["baseline"]["images_per_s"],
+        "pipeline_over_ceiling": results["pipeline"]["images_per_s"] / results["ceiling"]["images_per_s"],
+    }
+    return results
+
+
+def sample_bytes() -> list[bytes]:
+    from importlib import resources
+
+    folder = resources.files("streamapp").joinpath("assets", "samples")
+    return [entry.read_bytes() for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".png")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamapp bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=2000, help="images for throughput and ceiling (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=20.0, help="light-load rate, images/s (default %(default)s)")
+    parser.add_argument("--latency-seconds", type=float, default=15.0, help="light-load duration (default %(default)s)")
+    parser.add_argument("--baseline-images", type=int, default=300, help="cap for the sequential baseline (default %(default)s)")
+    parser.add_argument("--predictor-seconds", type=float, default=2.0, help="per batch size (default %(default)s)")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--data-dir", type=Path, default=Path(".data/bench"), help="the bench's own stack (default %(default)s)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--set", action="append", default=[], metavar="STREAMAPP_X=V", help="a worker setting")
+    args = parser.parse_args(argv)
+    worker_settings = dict(item.split("=", 1) for item in args.set)
+    config = StackConfig(
+        data_dir=args.data_dir, web_port=free_port(), partitions=args.partitions, worker_settings=worker_settings
+    )
+    samples = sample_bytes()
+    say(f"starting the embedded stack in {args.data_dir} ...")
+    stack = Stack(config)
+    try:
+        stack.start(workers=0)
+        results = asyncio.run(run(stack, args, samples))
+    finally:
+        stack.stop()
+    results["settings"] = {"images": args.images, "rate": args.rate, "partitions": args.partitions, **worker_settings}
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        say(f"wrote {args.json}")
+    return 0
