@@ -113,7 +113,8 @@ def to_batch(values: Any, *, where: str, max_batch: int, shape: list[int] | None
         raise InvalidInput(f"{where} holds no images")
     if batch_size > max_batch:
         raise InvalidInput(f"{where} holds {batch_size} images, more than the limit of {max_batch}")
-    batch = array.astype(np.float32).reshape(batch_size, 28, 28)
+    with np.errstate(over="ignore"):  # past float32's range becomes inf, refused just below
+        batch = array.astype(np.float32).reshape(batch_size, 28, 28)
     if not np.isfinite(batch).all():  # e.g. 1e999, which JSON parses as infinity
         raise InvalidInput(f"{where} holds a value that is not a finite float32")
     low, high = float(batch.min()), float(batch.max())
