@@ -19,6 +19,7 @@ Two models, so the client meets both answer shapes KServe servers give:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import kserve
@@ -64,7 +65,8 @@ class DigitsModel(kserve.Model):
 
 
 if __name__ == "__main__":
-    model = DigitModel.load()
+    # the bundled weights unless the test names a file (STREAMAPP_PEER_MODEL_PATH)
+    model = DigitModel.load(os.environ.get("STREAMAPP_PEER_MODEL_PATH") or None)
     kserve.ModelServer().start(
         [DigitsModel("mnist", model, classes_only=False), DigitsModel("mnist-classes", model, classes_only=True)]
     )

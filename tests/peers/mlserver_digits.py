@@ -11,6 +11,8 @@ the model's ``model-settings.json``.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
@@ -23,7 +25,8 @@ from streamapp.model import DigitModel
 
 class DigitsRuntime(MLModel):
     async def load(self) -> bool:
-        self._model = DigitModel.load(name=self.name)
+        # the bundled weights unless the test names a file (STREAMAPP_PEER_MODEL_PATH)
+        self._model = DigitModel.load(os.environ.get("STREAMAPP_PEER_MODEL_PATH") or None, name=self.name)
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
