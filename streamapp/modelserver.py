@@ -136,6 +136,8 @@ def v1_batch(body: Any, max_batch: int) -> np.ndarray:
     instances = body["instances"]
     if not isinstance(instances, list):
         raise InvalidInput('"instances" must be a list of images')
+    if len(instances) > max_batch:  # before converting any of them
+        raise InvalidInput(f'"instances" holds {len(instances)} images, more than the limit of {max_batch}')
     return to_batch(instances, where='"instances"', max_batch=max_batch)
 
 

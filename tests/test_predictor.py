@@ -351,6 +351,25 @@ def test_client_unknown_model_waits_instead_of_rejecting(digit_model: Any) -> No
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_client_batch_over_the_servers_limits_is_rejected_not_retried(protocol: str, digit_model: Any) -> None:
+    # rejected, the pipeline splits the batch; "unavailable" would retry it forever
+    batch = np.random.default_rng(3).random((12, 28, 28), dtype=np.float32)
+
+    async def scenario(session: aiohttp.ClientSession) -> None:
+        async with serving(modelserver.create_app(digit_model, max_body_bytes=50_000)) as url:
+            client = PredictorClient(session, base_url=url, model_name="mnist", protocol=protocol)
+            with pytest.raises(PredictorRejected, match=r"413 .*larger than the limit of 50000 bytes"):
+                await client.predict(batch)
+            assert len(await client.predict(batch[:2])) == 2
+        async with serving(modelserver.create_app(digit_model, max_batch=8)) as url:
+            client = PredictorClient(session, base_url=url, model_name="mnist", protocol=protocol)
+            with pytest.raises(PredictorRejected, match=r"400 .*holds 12 images, more than the limit of 8"):
+                await client.predict(batch)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
 def test_client_server_down_is_unavailable(protocol: str) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
