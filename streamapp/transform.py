@@ -253,8 +253,8 @@ _COMPLETE = {
 }
 
 
-def _checked(data: bytes, max_pixels: int) -> str:
-    """The format name, once size and completeness are known to be fine."""
+def _checked(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
+    """The format name and size, once both and completeness are known to be fine."""
     if not data:
         raise EmptyImage("zero bytes")
     kind = _sniff(data)
@@ -270,7 +270,7 @@ def _checked(data: bytes, max_pixels: int) -> str:
         raise ImageTooLarge(f"{width}x{height} = {width * height} pixels, limit {max_pixels}")
     if not _COMPLETE[kind](data):
         raise UndecodableImage(f"{kind} data is truncated or corrupt")
-    return kind
+    return kind, size
 
 
 def _decode(data: bytes, flags: int) -> np.ndarray:
@@ -308,15 +308,18 @@ def to_gray(image: np.ndarray) -> np.ndarray:
       pixels are the ink, so the backdrop contrasts with them (white behind
       dark strokes, black behind light ones).
     """
-    image = _unit_scale(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.ndim == 2:
-        return image
-    if image.shape[2] == 1:
-        return image[:, :, 0]
-    gray = cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY)
+        return _unit_scale(image)
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        image = _unit_scale(image)
+    # to one channel at the decoded depth first: a big photo is then converted
+    # to float32 once, not three or four times
+    gray = _unit_scale(cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY))
     if image.shape[2] != 4:
         return gray
-    alpha = image[:, :, 3]
+    alpha = _unit_scale(image[:, :, 3])
     if alpha.min() >= 1.0:
         return gray
     opaque = alpha > 0.5
@@ -331,7 +334,10 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def ink_image(gray: np.ndarray) -> np.ndarray:
-    """Gray in [0, 1] -> ink strength >= 0 on a zero background, either polarity.
+    """Gray in [0, 1] -> ink strength over a zero background, either polarity.
+
+    Signed: the background keeps its noise around zero, so that noise can be
+    measured (clipping at zero first would hide half of it).
 
     The background is the majority of pixels, so the ink is on the side of
     the median with the longer tail. The paper's own brightness (uneven
@@ -353,19 +359,23 @@ def ink_image(gray: np.ndarray) -> np.ndarray:
     background = cv2.GaussianBlur(background, (0, 0), 3.0)
     if background.shape != ink.shape:
         background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.maximum(ink - background, 0.0)
+    return ink - background
 
 
 def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Binary mask of the digit's strokes, plus the background floor and ink level.
 
-    Raises EmptyImage when nothing stands out from the background noise.
+    ``ink`` is :func:`ink_image`'s signed output. Raises EmptyImage when
+    nothing stands out from the background noise.
     """
     flat = ink.ravel()
     median = float(np.median(flat))
     # noise from the median absolute deviation: robust while ink is a minority
     noise = 1.4826 * float(np.median(np.abs(flat - median)))
-    peak = float(np.percentile(flat, 99.9)) if flat.size > 2000 else float(flat.max())
+    # the k-th strongest pixel: ignores a few hot pixels, yet is still ink when
+    # a small digit covers well under 1% of a big photo
+    k = min(max(3, flat.size // 5000), 50)
+    peak = float(np.partition(flat, flat.size - k)[flat.size - k]) if flat.size > k else float(flat.max())
     if peak < max(0.08, median + 8 * noise):
         raise EmptyImage("no ink: the image is blank")
     otsu, _ = cv2.threshold((np.clip(ink / peak, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
@@ -419,6 +429,7 @@ def normalize_mnist(gray: np.ndarray) -> np.ndarray:
         gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
     ink = ink_image(gray)
     mask, floor, level = digit_mask(ink)
+    ink = np.maximum(ink, 0.0)
     # strokes at full strength, background and specks at zero, edges kept soft
     near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     clean = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-6), 0.0, 1.0), 0.0).astype(np.float32)
@@ -444,14 +455,29 @@ def to_tensor(data: bytes, *, mode: str = "mnist", max_pixels: int = DEFAULT_MAX
     """Image bytes -> (28, 28) float32 in [0, 1], white ink on black."""
     if mode not in MODES:
         raise ValueError(f"unknown transform mode {mode!r}; expected one of {MODES}")
-    kind = _checked(data, max_pixels)
+    kind, (width, height) = _checked(data, max_pixels)
     if mode == "kserve-sample":
         img = _decode(data, cv2.IMREAD_GRAYSCALE)
         if img.min() == img.max():
             raise EmptyImage("no ink: the image is one flat colour")
         # the sample's exact arithmetic: uint8 255 - img, bilinear resize, / 255.0
         return (cv2.resize(255 - img, (28, 28)).flatten() / 255.0).reshape(28, 28).astype(np.float32)
-    # JPEG: decode in colour so the EXIF orientation is applied (UNCHANGED skips
-    # it); the other formats keep alpha and 16-bit depth
-    flags = cv2.IMREAD_COLOR if kind == "jpeg" else cv2.IMREAD_UNCHANGED
-    return normalize_mnist(to_gray(_decode(data, flags)))
+    return normalize_mnist(to_gray(_decode(data, _mnist_flags(kind, max(width, height)))))
+
+
+def _mnist_flags(kind: str, side: int) -> int:
+    """How to decode for the "mnist" path.
+
+    JPEG has no alpha and 8 bits only, so it is decoded straight to gray,
+    which also applies the EXIF orientation (UNCHANGED would skip it); a big
+    one is decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder itself, as
+    long as it stays at least ``_WORK_SIDE`` px. Other formats keep alpha and
+    16-bit depth.
+    """
+    if kind != "jpeg":
+        return cv2.IMREAD_UNCHANGED
+    for factor, flags in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                          (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):
+        if side // factor >= _WORK_SIDE:
+            return flags
+    return cv2.IMREAD_GRAYSCALE
