@@ -6,6 +6,10 @@ every worker) and this worker's own stats. Writes: HTTP responses.
     GET /           the dashboard (HTML; polls /digits/ and /stats/ each second)
     GET /digits/    {"0": n0, ..., "9": n9}: images counted per digit, all partitions
     GET /stats/     totals and this worker's counters
+
+Faust serves pages before a new worker has its first partitions and has
+recovered its tables; until then the counts would read zero, so the count
+pages answer 503 and readiness probes wait.
 """
 
 from __future__ import annotations
@@ -28,15 +32,24 @@ class Dashboard(View):
         return self.html(html)
 
 
+def recovering(view: View) -> Response | None:
+    """A 503 answer while the tables are not yet recovered, else None."""
+    if app.tables.recovery.completed.is_set():
+        return None
+    return view.json({"error": "the worker is recovering its tables; retry shortly"}, status=503)
+
+
 @app.page("/digits/")
 class Digits(View):
     async def get(self, request: Request) -> Response:
-        return self.json(digit_counts())
+        return recovering(self) or self.json(digit_counts())
 
 
 @app.page("/stats/")
 class Stats(View):
     async def get(self, request: Request) -> Response:
+        if (busy := recovering(self)) is not None:
+            return busy
         dead = dead_letter_counts()
         return self.json(
             {
