@@ -1,0 +1,45 @@
+"""``streamapp bench`` runs and reports every figure (a smoke test, not a timed one:
+the figures themselves are in docs/BENCHMARKS.md, measured on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "streamapp", "bench", "--images", "40", "--rate", "20", "--latency-seconds", "1",
+         "--baseline-images", "10", "--predictor-seconds", "0.2", "--data-dir", str(tmp_path / "stack"),
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    def positive(value: float) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+    assert positive(results["startup"]["worker_start_to_first_counted_s"])
+    for section in ("pipeline", "baseline", "ceiling"):
+        assert positive(results[section]["images_per_s"]), section
+    assert results["pipeline"]["images"] == 40
+    latency = results["latency"]
+    assert latency["images"] == 20
+    assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["p99_s"] <= latency["max_s"]
+    assert set(latency["stages_p50_s"]) == {"s3_get", "transform", "batch_wait", "predict", "archive"}
+    assert all(positive(v) for v in latency["stages_p50_s"].values())
+    assert set(results["predictor"]) == {f"batch_{b}_images_per_s" for b in (1, 8, 32, 128)}
+    assert all(positive(v) for v in results["predictor"].values())
+    assert positive(results["ratios"]["pipeline_over_baseline"])
+    assert positive(results["ratios"]["pipeline_over_ceiling"])
+    # the table a person reads carries the same figures and the goals
+    for line in ("pipeline / baseline", "pipeline / ceiling", "latency p99", "worker start to first counted"):
+        assert line in run.stdout
