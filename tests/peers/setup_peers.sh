@@ -6,9 +6,10 @@
 # Each gets exactly the versions of its requirements file plus streamapp itself
 # (editable, no dependencies), so the peer runtimes can import streamapp.model.
 #
-# Idempotent: a venv is rebuilt only when its requirements file or the Python
-# changed (a stamp inside the venv records both). Set PYTHON to choose the
-# interpreter (3.10-3.12: MLServer 1.7 does not support 3.13).
+# Idempotent: a venv is rebuilt only when its requirements file, the Python or
+# the checkout's path changed (a stamp inside the venv records all three).
+# Set PYTHON to choose the interpreter (3.10-3.12: MLServer 1.7 does not
+# support 3.13). A cold build of both takes 1-2.5 minutes and about 1.1 GB.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -19,15 +20,21 @@ PIP_VERSION=26.3  # newer than the one venv ships; the one the requirements were
 pip_install() {
     local venv="$1"
     shift
-    # this machine's pip.conf names local index folders that may be absent: drop that noise
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" \
-        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    # quiet when it works (setuptools and this machine's pip.conf warn a lot);
+    # everything pip said when it does not
+    local log="$venv/.pip-install.log"
+    if ! "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" > "$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup_peers: pip install $* failed in ${venv#"$root"/}" >&2
+        return 1
+    fi
 }
 
 setup() {
     local venv="$root/$1" requirements="$here/$2"
     local want
-    want="$("$python" -c 'import sys; print(sys.version.split()[0])') $(sha256sum "$requirements" | cut -d' ' -f1)"
+    # the editable install points at this checkout, so its path is part of the stamp
+    want="$("$python" -c 'import sys; print(sys.version.split()[0])') $(sha256sum "$requirements" | cut -d' ' -f1) $root"
     if [[ -f "$venv/.peer-stamp" && "$(cat "$venv/.peer-stamp")" == "$want" ]]; then
         echo "setup_peers: $1 is up to date"
         return
