@@ -354,7 +354,9 @@ async def create_app(
 
     async def executor_ctx(app: web.Application) -> Any:
         # one thread: numpy's BLAS already uses the cores, and a queue of one keeps
-        # batches from competing for them; the loop stays free for health checks
+        # batches from competing for them. Measured on 2 busy cores: within noise
+        # of running inline for batches of 8-128, 10-25% slower for single images;
+        # in exchange health checks are answered during a 0.3-1 s forward pass
         if use_executor:
             app[_EXECUTOR] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
         yield
