@@ -55,6 +55,8 @@ AWS_VARS = {
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
 }
+#: read by the numeric libraries the predictor uses
+RUNTIME_VARS = {"OPENBLAS_NUM_THREADS"}
 SECRET_VARS = {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"}
 #: the shortest session Kafka accepts (group.min.session.timeout.ms = 6 s)
 MIN_SESSION_TIMEOUT = 6.0
@@ -181,7 +183,7 @@ def _worker_env_k8s() -> Iterator[tuple[str, str]]:
 
 
 def test_every_container_variable_is_read_by_streamapp_faust_or_botocore() -> None:
-    known = STREAMAPP_VARS | FAUST_VARS | AWS_VARS
+    known = STREAMAPP_VARS | FAUST_VARS | AWS_VARS | RUNTIME_VARS
     used = [(where, key) for where, key, _ in _streamapp_env_compose()] + list(_worker_env_k8s())
     unknown = sorted({f"{where}: {key}" for where, key in used if key not in known})
     assert not unknown, f"variables nothing reads: {unknown}"
