@@ -79,7 +79,7 @@ def forward(arch: list[dict[str, Any]], weights: dict[str, np.ndarray], x: np.nd
         if op == "conv":
             x = _conv(x, weights[layer["name"] + ".w"], weights[layer["name"] + ".b"], layer.get("pad", 0))
         elif op == "relu":
-            x = np.maximum(x, 0.0, out=x)
+            x = np.maximum(x, 0.0)  # not in place: x may be the caller's array
         elif op == "maxpool":
             x = _maxpool(x, layer["size"])
         elif op == "flatten":

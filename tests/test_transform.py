@@ -343,3 +343,20 @@ def test_image_size_of_a_gif_and_of_unknown_bytes():
     assert image_size(gif) == (1, 1)
     assert image_size(b"") is None
     assert image_size(b"not an image") is None
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an APP1 Exif segment holding only an Orientation tag."""
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00" * 4
+    body = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def test_jpeg_exif_orientation_is_applied():
+    upright = on_paper(seven(200, 24))
+    # stored rotated 90 degrees counter-clockwise, tagged "rotate 90 clockwise to view"
+    stored = cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    data = _with_exif_orientation(encode(stored, ".jpg"), 6)
+    assert image_size(data) == (200, 200)
+    assert similar(to_tensor(data), to_tensor(encode(upright, ".jpg")), 0.97)
+    assert not similar(to_tensor(encode(stored, ".jpg")), to_tensor(encode(upright, ".jpg")), 0.9)
