@@ -49,21 +49,20 @@ e. Fetch wait. The broker holds a fetch for its full wait even when data
    :class:`Consumer` stops the flow before that seek, never marks a jump
    processed (this broker neither compacts nor writes transaction markers)
    and never commits past a missing record at the committed offset (Faust
-   tolerates one). Measured (100 ms, two workers, a table, graceful
-   restarts): unfixed, 4-13 jumps marked processed per run; with only the
-   jump marking off, 3 records lost, each the record at a committed offset;
-   with the three fixes, no jump in 9 runs. Still open, at any fetch wait
-   and with or without these fixes: in 3 of ~14 runs the first 138-612
-   records of one input partition never reached the output, each time
-   after a worker was stopped about a second after the group formed.
-   Hence the wait stays 1.5 s unless ``TANSU_FETCH_MAX_WAIT_MS`` is set.
+   tolerates one). Measured at 100 ms with two workers, a table and
+   graceful restarts (tests/test_embedded_broker.py, no-loss test): Faust
+   unpatched marked 4-13 jumps processed per run; with only the jump marking
+   off, 3 records were lost, each the record at a committed offset; with all
+   three fixes no jump was seen. Still open: at 100 ms the same test lost,
+   in 2 of 2 runs and identically, the first 88 and 127 records of the two
+   partitions held by the worker stopped first (as the input started); not
+   yet seen at 1.5 s with these work-arounds. Hence the wait stays 1.5 s
+   unless ``TANSU_FETCH_MAX_WAIT_MS`` is set.
 
-Seen but not worked around (restarting a worker every 3 s, before the group
-had settled): once, both members re-joined the same generation every ~3 s
-with neither elected leader, so nothing was assigned until they stopped;
-once, a worker's table refused recovery (ConsistencyError: offset it had
-written 1-2 past the fetch high watermark). Neither appeared with restarts
-spaced until the group settled.
+Seen once, not worked around: restarting a worker every 3 s, before the
+group had settled (and with stock aiokafka group handling), both remaining
+members re-joined the same generation every ~3 s with neither elected
+leader, so nothing was assigned until they stopped.
 """
 
 from __future__ import annotations
