@@ -441,7 +441,6 @@ def test_no_loss_over_rebalances_with_two_workers(broker: EmbeddedBroker, worker
         env[tansu.FETCH_WAIT_ENV] = wait_ms
     for name in ("w1", "w2"):
         group.start(name, **env)
-    time.sleep(6)  # both joined
 
     total, rate = 6000, 250
     messages = [(f"k{i % 97}", b"%d" % i) for i in range(total)]
@@ -454,6 +453,8 @@ def test_no_loss_over_rebalances_with_two_workers(broker: EmbeddedBroker, worker
                 started = time.monotonic()
                 futures = []
                 for i, (key, value) in enumerate(messages):
+                    if stop_sending.is_set():  # the test failed: stop producing
+                        break
                     futures.append(await producer.send(group.topic, key=key.encode(), value=value))
                     if i % 50 == 49:
                         await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
@@ -463,26 +464,34 @@ def test_no_loss_over_rebalances_with_two_workers(broker: EmbeddedBroker, worker
 
         asyncio.run(paced())
 
-    def readies() -> int:
-        return sum(p.log_path.read_text().count("Worker ready") for p in group.procs.values())
+    def readies(name: str) -> int:
+        return group.procs[name].log_path.read_text().count("Worker ready")
 
+    def settle(before: dict[str, int]) -> None:
+        # every worker has finished a rebalance since ``before``: stopping a
+        # member while another joins left this broker's group without a
+        # leader (see the module docstring of streamapp.embedded.tansu)
+        deadline = time.monotonic() + 30
+        while any(readies(n) <= c for n, c in before.items()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+
+    settle({"w1": 0, "w2": 0})
+    stop_sending = threading.Event()
     sender = threading.Thread(target=send)
     sender.start()
     restarts = 0
-    while sender.is_alive():
-        # restart one worker gracefully (two rebalances), once the group has
-        # settled: stopping a member mid-rebalance once wedged this broker's
-        # group (see the module docstring of streamapp.embedded.tansu)
-        name = ("w2", "w1")[restarts % 2]
-        before = readies()
-        group.stop(name)
-        group.start(name, **env)
-        restarts += 1
-        deadline = time.monotonic() + 30
-        while readies() < before + 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)
-    sender.join()
+    try:
+        while sender.is_alive():  # graceful restarts, one worker at a time: two rebalances each
+            name = ("w2", "w1")[restarts % 2]
+            before = {n: readies(n) for n in ("w1", "w2")}
+            group.stop(name)
+            group.start(name, **env)
+            restarts += 1
+            settle(before)
+    finally:
+        stop_sending.set()
+        sender.join()
 
     deadline = time.monotonic() + 90
     seen: set[int] = set()

@@ -53,16 +53,20 @@ e. Fetch wait. The broker holds a fetch for its full wait even when data
    graceful restarts (tests/test_embedded_broker.py, no-loss test): Faust
    unpatched marked 4-13 jumps processed per run; with only the jump marking
    off, 3 records were lost, each the record at a committed offset; with all
-   three fixes no jump was seen. Still open: at 100 ms the same test lost,
-   in 2 of 2 runs and identically, the first 88 and 127 records of the two
-   partitions held by the worker stopped first (as the input started); not
-   yet seen at 1.5 s with these work-arounds. Hence the wait stays 1.5 s
-   unless ``TANSU_FETCH_MAX_WAIT_MS`` is set.
+   three fixes no jump was seen. Still open, at 100 ms and at 1.5 s alike
+   (about 1 run in 3 of that test): the first 88-349 records of a partition
+   held by the worker stopped first, right as the input starts, never reach
+   the output, and the partition's later owners start after them. Not yet
+   diagnosed. Hence the wait stays 1.5 s unless ``TANSU_FETCH_MAX_WAIT_MS``
+   is set: the short wait is not shown to lose more than the default.
 
-Seen once, not worked around: restarting a worker every 3 s, before the
-group had settled (and with stock aiokafka group handling), both remaining
-members re-joined the same generation every ~3 s with neither elected
-leader, so nothing was assigned until they stopped.
+Not worked around (seen twice): when a member joins while the leader is
+leaving (its JoinGroup, then the leader's LeaveGroup), the broker keeps the
+departed member as the new generation's leader. The others re-join that
+same generation every ~3 s, none is leader, nothing is assigned, until the
+membership changes again. Restart workers one at a time, each after the
+group has settled. (A fix would be a coordinator that re-joins as a new
+member when a generation repeats without a leader; not written yet.)
 """
 
 from __future__ import annotations
