@@ -303,7 +303,8 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     the backdrop that makes transparent areas read as *paper*:
 
     * mostly opaque (a photo with cut-out margins): the opaque pixels are the
-      paper, so the backdrop is their median shade;
+      paper, so each transparent pixel takes the shade of the opaque paper
+      around it (a flat fill would draw edges where the light is uneven);
     * mostly transparent (strokes drawn on a transparent sheet): the opaque
       pixels are the ink, so the backdrop contrasts with them (white behind
       dark strokes, black behind light ones).
@@ -327,10 +328,28 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         raise EmptyImage("no ink: the image is fully transparent")
     shade = float(np.median(gray[opaque]))
     if opaque.mean() >= 0.5:
-        backdrop = shade
+        backdrop = _surrounding_shade(gray, alpha, shade)
     else:
         backdrop = 1.0 if shade < 0.5 else 0.0
     return gray * alpha + backdrop * (1.0 - alpha)
+
+
+def _surrounding_shade(gray: np.ndarray, alpha: np.ndarray, default: float) -> np.ndarray:
+    """Alpha-weighted local mean of ``gray`` (normalized convolution), on a 64 px copy."""
+    height, width = gray.shape
+    size = (max(1, round(width * 64 / max(height, width))), max(1, round(height * 64 / max(height, width))))
+    weight = cv2.GaussianBlur(cv2.resize(alpha, size, interpolation=cv2.INTER_AREA), (0, 0), 4)
+    total = cv2.GaussianBlur(cv2.resize(gray * alpha, size, interpolation=cv2.INTER_AREA), (0, 0), 4)
+    shade = np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), default).astype(np.float32)
+    return cv2.resize(shade, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _kth_largest(values: np.ndarray) -> float:
+    """The k-th largest value: ignores a few hot pixels, yet still sees a
+    small digit that covers well under 1% of a big photo."""
+    flat = values.ravel()
+    k = min(max(3, flat.size // 5000), 50)
+    return float(np.partition(flat, flat.size - k)[flat.size - k]) if flat.size > k else float(flat.max())
 
 
 def ink_image(gray: np.ndarray) -> np.ndarray:
@@ -339,27 +358,54 @@ def ink_image(gray: np.ndarray) -> np.ndarray:
     Signed: the background keeps its noise around zero, so that noise can be
     measured (clipping at zero first would hide half of it).
 
-    The background is the majority of pixels, so the ink is on the side of
-    the median with the longer tail. The paper's own brightness (uneven
-    light, tint, vignetting) is estimated on a shrunken copy by a grey
-    opening wider than any stroke, and subtracted.
+    Everything about the paper is estimated on a copy shrunk to 64 px:
+
+    * polarity: a median filter gives a background that favours neither
+      dark nor light; the ink is the side whose strongest departures from
+      it are clearly larger (global percentiles are fooled by uneven light);
+    * the paper's brightness (uneven light, tint, vignetting): a grey
+      opening wider than any stroke. Unlike the median it never takes a
+      thick stroke of a tightly cropped digit for paper.
     """
-    low, median, high = np.percentile(gray, (0.5, 50, 99.5))
-    ink = 1.0 - gray if median - low > high - median else gray
-    height, width = ink.shape
+    height, width = gray.shape
     scale = 64.0 / max(height, width)
-    if scale < 1.0:
-        small = cv2.resize(ink, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    shrunk = scale < 1.0
+    if shrunk:
+        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
     else:
-        small = ink
+        small = gray
     small = cv2.GaussianBlur(small, (0, 0), 1.0)
+
+    def full(image: np.ndarray) -> np.ndarray:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) if shrunk else image
+
+    median = cv2.medianBlur((np.clip(small, 0, 1) * 255).round().astype(np.uint8), 15).astype(np.float32) / 255
+    residual = gray - full(median)
+    brighter, darker = _kth_largest(residual), _kth_largest(-residual)
+    if abs(brighter - darker) > 0.25 * max(brighter, darker):
+        light = brighter > darker
+    else:
+        # a tie: thick strokes filled the median's window, so the residual
+        # shows them both ways; then the majority (the median pixel) is paper
+        # and the ink is on the side of the longer tail
+        low, middle, high = np.percentile(gray, (0.5, 50, 99.5))
+        light = high - middle > middle - low
+    ink, small = (gray, small) if light else (1.0 - gray, 1.0 - small)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
+    # the light keeps its slope past the edge (odd reflection: 2 * edge - mirror);
+    # with a flat or mirrored border the opening clips a vignette's rise at the
+    # edge, and the clipped part would look like a stroke along the border
+    padded = np.pad(small, _PAD, mode="reflect", reflect_type="odd") if shrunk and min(small.shape) > _PAD else small
     # opening = min then max filter: drops strokes thinner than the kernel
-    background = cv2.morphologyEx(small, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REPLICATE)
+    background = cv2.morphologyEx(padded, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REPLICATE)
     background = cv2.GaussianBlur(background, (0, 0), 3.0)
-    if background.shape != ink.shape:
-        background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
-    return ink - background
+    if padded is not small:
+        background = background[_PAD:-_PAD, _PAD:-_PAD]
+    return ink - full(np.ascontiguousarray(background))
+
+
+#: margin for the background estimate: the opening's radius plus the blur's reach
+_PAD = 16
 
 
 def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -372,10 +418,7 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     median = float(np.median(flat))
     # noise from the median absolute deviation: robust while ink is a minority
     noise = 1.4826 * float(np.median(np.abs(flat - median)))
-    # the k-th strongest pixel: ignores a few hot pixels, yet is still ink when
-    # a small digit covers well under 1% of a big photo
-    k = min(max(3, flat.size // 5000), 50)
-    peak = float(np.partition(flat, flat.size - k)[flat.size - k]) if flat.size > k else float(flat.max())
+    peak = _kth_largest(flat)
     if peak < max(0.08, median + 8 * noise):
         raise EmptyImage("no ink: the image is blank")
     otsu, _ = cv2.threshold((np.clip(ink / peak, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)

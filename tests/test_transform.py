@@ -134,6 +134,16 @@ def test_tinted_unevenly_lit_noisy_blurred_paper(reference):
     assert similar(to_tensor(data), reference, 0.9)
 
 
+@pytest.mark.parametrize("centre", [(0.5, 1.0), (0.0, 0.5), (1.0, 1.0)])
+def test_dark_vignette_at_the_border_is_not_ink(reference, centre):
+    # light falling off steeply towards one edge or corner of a photo: the
+    # darkening along the border must not be taken for a stroke
+    ys, xs = np.mgrid[0:400, 0:400].astype(np.float32) / 400
+    light = 1.0 - 0.9 * ((ys - 1 + centre[0]) ** 2 + (xs - 1 + centre[1]) ** 2)
+    image = on_paper(glyph(size=90), canvas=(400, 400), at=(150, 150), light=np.clip(light, 0.3, 1), noise=0.01)
+    assert similar(to_tensor(encode(image)), reference, 0.9)
+
+
 def test_specks_do_not_change_the_crop(reference):
     image = on_paper(glyph(), canvas=(300, 300), at=(50, 50))
     for y, x in [(5, 5), (290, 20), (10, 280), (280, 285)]:
