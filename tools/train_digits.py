@@ -7,7 +7,7 @@ into float32 weights plus a JSON ``meta`` entry, in the layout
 :mod:`streamapp.model` reads.
 
     .venv/bin/pip install torch==2.13.0        # the ``train`` extra
-    .venv/bin/python -m tools.train_digits     # ~20 min on 2 cores
+    .venv/bin/python -m tools.train_digits     # the bundled model; 29 min on 2 shared cores
     .venv/bin/python -m tools.train_digits --dev --nets 1 --epochs 10   # recipe work
 
 Recipe: each net is a small VGG-style CNN (2x conv3x3 + BN + ReLU, maxpool,
@@ -261,8 +261,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--nets", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--jobs", type=int, default=2, help="nets trained at once (result does not depend on it)")
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--jobs", type=int, default=3, help="nets trained at once (result does not depend on it)")
     parser.add_argument("--c1", type=int, default=24)
     parser.add_argument("--c2", type=int, default=48)
     parser.add_argument("--fc", type=int, default=128)
