@@ -103,8 +103,7 @@ class ManagedProcess:
         raise ServiceFailed(f"{self.name} did not open {host}:{port} within {timeout:.0f}s:\n{self.log_tail()}")
 
     def signal(self, signum: int) -> None:
-        if self.running():
-            assert self.proc is not None
+        if self.proc is not None and self.running():
             os.killpg(self.proc.pid, signum)
 
     def stop(self, timeout: float = 10.0) -> int | None:
