@@ -68,6 +68,11 @@ class Storage(Service):
             retries={"max_attempts": 2, "mode": "standard"},
         )
         session = get_session()
+        # botocore parses every response timestamp (LastModified ...) with
+        # dateutil, ~0.4 ms of the ~3 ms of client CPU a GetObject or
+        # CopyObject costs here; the pipeline reads none of them, so they stay
+        # strings (the AWS CLI does the same with this public hook)
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         self._client = await self._stack.enter_async_context(
             session.create_client(
                 "s3",
