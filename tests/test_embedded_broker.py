@@ -503,8 +503,8 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, int]]:
 def test_no_loss_over_rebalances_with_two_workers(broker: EmbeddedBroker, workers: Callable[..., Workers]) -> None:
     """Every message relayed across graceful restarts of two workers sharing a table.
 
-    Runs with the shipped fetch wait; ``TANSU_TEST_FETCH_WAIT_MS=100`` runs
-    the short wait where Faust's rebalance race showed (see ``tansu``, e.).
+    Runs with the embedded stack's fetch wait (``tansu.FETCH_WAIT_MS``); set
+    ``TANSU_TEST_FETCH_WAIT_MS`` to try another (1500 is Faust's own).
     """
     group = workers(app="relay")
     out_topic = group.topic.replace("-in-", "-out-")
@@ -577,7 +577,7 @@ def test_no_loss_over_rebalances_with_two_workers(broker: EmbeddedBroker, worker
     skipped = sum(p.log_path.read_text().count("skipped by the fetch loop") for p in group.procs.values())
     latencies = sorted(ts - int(value.split(b"@")[1]) for value, ts in records) or [0]
     print(
-        f"\nfetch wait {env.get(tansu.FETCH_WAIT_ENV, 'default')}: {restarts} restarts ({2 * restarts} rebalances), {total} messages: {len(seen)} relayed, "
+        f"\nfetch wait {env.get(tansu.FETCH_WAIT_ENV, tansu.FETCH_WAIT_MS)} ms: {restarts} restarts ({2 * restarts} rebalances), {total} messages: {len(seen)} relayed, "
         f"{len(records) - len(seen)} duplicates; fetch-loop skips caught: {skipped}; "
         f"hop latency p50 {statistics.median(latencies):.0f} ms, p99 {latencies[int(0.99 * len(latencies))]:.0f} ms"
     )
