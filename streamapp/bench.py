@@ -68,6 +68,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
+def cpu_now(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each process of the stack, and by this one."""
+    processes = {
+        "workers": list(stack.workers.values()),
+        "s3_server": [stack.s3.process] if stack.s3 and stack.s3.process else [],
+        "predictor": [stack.predictor] if stack.predictor else [],
+        "broker": [stack.broker.process] if stack.broker and stack.broker.process else [],
+    }
+    used = {name: sum(p.cpu_seconds() or 0.0 for p in procs) for name, procs in processes.items()}
+    used["bench_client"] = time.process_time()  # publishing, S3 calls, watching the changelog
+    return used
+
+
+def cpu_ms_per_image(before: dict[str, float], after: dict[str, float], images: int) -> dict[str, float]:
+    return {name: (after[name] - before[name]) * 1000 / images for name in before}
+
+
 @dataclass
 class Image:
     key: str
@@ -219,9 +236,17 @@ class Bench:
         await asyncio.to_thread(self.stack.wait_worker_ready, 0)
         return {"worker_start_to_first_counted_s": counted[image.ref.identity] - launched}
 
+    def scale_out(self, workers: int) -> None:
+        """Workers 1 .. workers-1 join worker 0's group; returns once all are ready."""
+        for index in range(1, workers):
+            self.stack.start_worker(index)
+        for index in range(1, workers):
+            self.stack.wait_worker_ready(index)
+
     async def throughput(self, n: int) -> dict[str, float]:
         images = self.images("throughput", n)
         await self.put_all(images, "uploading")
+        cpu_before = cpu_now(self.stack)
         first_sent = None
         for image in images:
             sent = await self.notify(image)
@@ -229,7 +254,8 @@ class Bench:
         await self.producer.flush()
         counted = await self.counted_times({i.ref.identity for i in images}, timeout=60 + n / 5, label="pipeline ")
         elapsed = max(counted.values()) - first_sent
-        return {"images": n, "seconds": elapsed, "images_per_s": n / elapsed}
+        cpu = cpu_ms_per_image(cpu_before, cpu_now(self.stack), n)
+        return {"images": n, "seconds": elapsed, "images_per_s": n / elapsed, "cpu_ms_per_image": cpu}
 
     async def latency(self, rate: float, seconds: float) -> dict[str, Any]:
         n = max(1, int(rate * seconds))
@@ -297,10 +323,18 @@ class Bench:
                 )
             bar.step()
 
+        cpu_before = cpu_now(self.stack)
         started = time.monotonic()
         await asyncio.gather(*(one(image) for image in images))
         elapsed = time.monotonic() - started
-        return {"images": n, "concurrency": self.concurrency, "seconds": elapsed, "images_per_s": n / elapsed}
+        cpu = cpu_ms_per_image(cpu_before, cpu_now(self.stack), n)
+        return {
+            "images": n,
+            "concurrency": self.concurrency,
+            "seconds": elapsed,
+            "images_per_s": n / elapsed,
+            "cpu_ms_per_image": cpu,
+        }
 
     async def predictor(self, seconds_each: float) -> dict[str, float]:
         client = PredictorClient(
@@ -339,6 +373,10 @@ def table(results: dict[str, Any]) -> str:
     ]
     for stage, p50 in lat["stages_p50_s"].items():
         rows.append((f"  stage {stage} p50 / p95", f"{p50 * 1000:.1f} ms", f"{lat['stages_p95_s'][stage] * 1000:.1f} ms"))
+    for phase, figures in (("pipeline", tp), ("S3 ceiling", ceil)):
+        cpu = figures["cpu_ms_per_image"]
+        rows.append((f"CPU per image, {phase}", f"{sum(cpu.values()):.1f} ms", ", ".join(
+            f"{name.replace('_', ' ')} {ms:.1f}" for name, ms in cpu.items() if ms >= 0.05)))
     for name, value in results["predictor"].items():
         rows.append((f"predictor {name.replace('_images_per_s', '').replace('_', ' ')}", f"{value:.0f} images/s", ""))
     width = max(len(r[0]) for r in rows)
@@ -350,6 +388,9 @@ async def run(stack: Stack, args: argparse.Namespace, samples: list[bytes]) -> d
         results: dict[str, Any] = {}
         say("== startup")
         results["startup"] = await bench.startup()
+        if args.workers > 1:
+            say(f"== starting {args.workers - 1} more worker(s)")
+            await asyncio.to_thread(bench.scale_out, args.workers)
         say("== pipeline throughput")
         results["pipeline"] = await bench.throughput(args.images)
         say("== latency at a light rate")
@@ -382,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-images", type=int, default=300, help="cap for the sequential baseline (default %(default)s)")
     parser.add_argument("--predictor-seconds", type=float, default=2.0, help="per batch size (default %(default)s)")
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers sharing the partitions from the throughput run on (default %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=Path(".data/bench"), help="the bench's own stack (default %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--set", action="append", default=[], metavar="STREAMAPP_X=V", help="a worker setting")
@@ -398,7 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(run(stack, args, samples))
     finally:
         stack.stop()
-    results["settings"] = {"images": args.images, "rate": args.rate, "partitions": args.partitions, **worker_settings}
+    results["settings"] = {
+        "images": args.images,
+        "rate": args.rate,
+        "partitions": args.partitions,
+        "workers": args.workers,
+        **worker_settings,
+    }
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -38,8 +38,13 @@ def test_bench_reports_every_figure(tmp_path):
     assert all(positive(v) for v in latency["stages_p50_s"].values())
     assert set(results["predictor"]) == {f"batch_{b}_images_per_s" for b in (1, 8, 32, 128)}
     assert all(positive(v) for v in results["predictor"].values())
+    # where the CPU went, per image, for each process of the stack
+    assert set(results["pipeline"]["cpu_ms_per_image"]) == {"workers", "s3_server", "predictor", "broker", "bench_client"}
+    assert positive(results["pipeline"]["cpu_ms_per_image"]["workers"])
+    assert positive(results["ceiling"]["cpu_ms_per_image"]["s3_server"])
     assert positive(results["ratios"]["pipeline_over_baseline"])
     assert positive(results["ratios"]["pipeline_over_ceiling"])
     # the table a person reads carries the same figures and the goals
-    for line in ("pipeline / baseline", "pipeline / ceiling", "latency p99", "worker start to first counted"):
+    for line in ("pipeline / baseline", "pipeline / ceiling", "latency p99", "worker start to first counted",
+                 "CPU per image, pipeline"):
         assert line in run.stdout

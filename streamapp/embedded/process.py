@@ -76,6 +76,18 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU the process (all its threads) has used; None if gone or not Linux."""
+        if self.proc is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        # fields after the parenthesized command name: utime and stime are 14 and 15
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
