@@ -18,8 +18,10 @@ from collections.abc import Iterable
 
 import aiohttp
 import faust
+from faust.types import TransportT
 from mode import Service, ServiceT
 
+from streamapp import transport
 from streamapp.predictor import PredictorClient
 from streamapp.settings import Settings
 from streamapp.storage import Storage
@@ -88,6 +90,15 @@ class StreamApp(faust.App):
         self.settings = settings
         self.storage = Storage(settings)
         self.predictor = Predictor(settings)
+
+    def _new_transport(self) -> TransportT:
+        # kafka:// (and aiokafka://) gets Faust's aiokafka driver without its
+        # rebalance faults (streamapp.transport); other schemes, such as the
+        # embedded broker's tansu://, resolve as Faust resolves them
+        urls = self.conf.broker_consumer
+        if urls[0].scheme in ("kafka", "aiokafka"):
+            return transport.Transport(urls, self)
+        return super()._new_transport()
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # mode starts dependencies in order and stops them in reverse: the

@@ -80,8 +80,12 @@ e. Fetch wait. The broker holds a fetch for its full wait even when data
      seeks stream partitions with no commit to the log start after
      ``seek_to_committed``.
    Real Kafka would hit both: the records were prefetched before the seek,
-   so the broker's fetch wait does not matter; ``kafka://`` (production) is
-   not patched. After the fixes, no loss in 10 runs at 1.5 s and 3 at
+   so the broker's fetch wait does not matter. These fixes, the stopped flow
+   before the seek and f. below are therefore in :mod:`streamapp.transport`,
+   which ``kafka://`` workers use too; this transport builds on it, adding
+   what is this broker's own (end offsets, leaving from generation 0, no
+   jump marking, no commit past a missing record, exactly-once refused).
+   After the fixes, no loss in 10 runs at 1.5 s and 3 at
    100 ms (131-1,405 duplicates per run, at-least-once replays; 201-1,131
    before), 8 at 20 ms (44-587). So the embedded stack's workers now fetch
    with a 20 ms wait (:data:`FETCH_WAIT_MS`).
@@ -94,8 +98,8 @@ f. Commit on revocation. faust-streaming's ``Consumer.on_partitions_revoked``
    assignment is eager: every rebalance revokes everything). This is
    Faust's and transport-independent (the early drop came with
    faust-streaming PR #95; issue #502 reports duplicates after rebalances
-   on real Kafka that fit it); ``kafka://`` (production) is exposed, with
-   its 2.8 s default commit interval. A graceful stop is not affected: it
+   on real Kafka that fit it), so the fix is in :mod:`streamapp.transport`
+   for ``kafka://`` workers as well. A graceful stop is not affected: it
    commits through ``App._stop_consumer`` and ``Consumer.on_stop``, both
    before the LeaveGroup, and the stopped worker's partitions were
    committed to their end in all 30 instrumented two-worker runs (7 of them
@@ -134,7 +138,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
@@ -144,12 +148,11 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import TopicPartition
 from faust.exceptions import ImproperlyConfigured
-from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.enums import ProcessingGuarantee
-from faust.utils.tracing import traced_from_parent_span
-from mode import Service
+
+from streamapp import transport as kafka_transport
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +277,8 @@ def _refuse_exactly_once(app: Any) -> None:
         )
 
 
-class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread with the Tansu work-arounds."""
+class ConsumerThread(kafka_transport.ConsumerThread):
+    """streamapp's aiokafka consumer thread with the Tansu work-arounds."""
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -297,53 +300,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         return await fetch_end_offsets(self._ensure_consumer(), partitions)
 
-    async def _fetch_records(
-        self,
-        consumer: aiokafka.AIOKafkaConsumer,
-        active_partitions: set[TP],
-        timeout: float | None = None,
-        max_records: int | None = None,
-    ) -> Any:
-        # Faust hands aiokafka its live set of active partitions, which the
-        # main thread keeps changing while the fetch waits; aiokafka reads an
-        # empty set as "every partition" (see e. in the module docstring)
-        return await super()._fetch_records(consumer, _ActivePartitions(active_partitions), timeout, max_records)
 
-
-class _ActivePartitions:
-    """Faust's live set of active partitions, as aiokafka's fetch filter.
-
-    aiokafka's ``Fetcher.fetched_records(partitions)`` returns the buffered
-    records of every partition when ``partitions`` is empty. Faust passes its
-    live set, and pausing the changelog partitions at the end of table
-    recovery empties it while a fetch waits: aiokafka then handed over the
-    records of the paused stream partitions (prefetched, since Faust pauses
-    them only in its own set), and Faust dropped them as inactive with the
-    consumer's position already past them. This view follows the live set
-    but is never empty as a filter, so an emptied set returns nothing.
-    """
-
-    __slots__ = ("live",)
-
-    def __init__(self, live: set[TP]) -> None:
-        self.live = live
-
-    def __bool__(self) -> bool:
-        return True
-
-    def __contains__(self, tp: object) -> bool:
-        return tp in self.live
-
-    def __iter__(self) -> Iterator[TP]:
-        return iter(list(self.live))
-
-    def __len__(self) -> int:
-        return len(self.live)
-
-
-class Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, running :class:`ConsumerThread`, without the
-    rebalance race that loses records (see e. in the module docstring)."""
+class Consumer(kafka_transport.Consumer):
+    """streamapp's consumer (:mod:`streamapp.transport`), running
+    :class:`ConsumerThread`, with the Tansu work-arounds."""
 
     def __init__(self, transport: Any, **kwargs: Any) -> None:
         _refuse_exactly_once(transport.app)
@@ -351,69 +311,6 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
-    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        # Faust's version, with the revoked partitions' bookkeeping dropped
-        # after the app's handler instead of before it (see f. in the module
-        # docstring). That handler stops the flow, waits for the events in
-        # flight and commits; Faust had already dropped what it was to
-        # commit, so everything processed since the last periodic commit
-        # was replayed by the partitions' next owner (often this worker).
-        span = self.app._start_span_from_rebalancing("on_partitions_revoked")
-        trace = traced_from_parent_span(span)
-        with span:
-            if self._active_partitions is not None:
-                self._active_partitions.difference_update(revoked)
-            self._paused_partitions.difference_update(revoked)
-            try:
-                await trace(self._on_partitions_revoked, partitions=revoked)(revoked)
-            finally:
-                for tp in revoked:
-                    self._gap.pop(tp, None)
-                    self._acked.pop(tp, None)
-                    self._acked_index.pop(tp, None)
-                    self._read_offset.pop(tp, None)
-                    self._committed_offset.pop(tp, None)
-
-    async def commit_and_end_transactions(self) -> None:
-        # The last commit before a stop or a revocation (end of wait_empty).
-        # Faust's commit() returns without committing while another commit
-        # is in flight, and that one took its offsets when it started: wait
-        # for it, so this commit covers what was acked since (see f.).
-        while self._commit_fut is not None:
-            await self.maybe_wait_for_commit_to_finish()
-        await super().commit_and_end_transactions()
-
-    async def perform_seek(self) -> None:
-        # After a rebalance Faust resumes the stream partitions, seeks them
-        # here, then resumes flow control, which empties the agents' queues.
-        # Table recovery left the fetch loop running, so records fetched in
-        # between were queued and then dropped. Stopping the flow first keeps
-        # them in the broker: Faust's resume_flow() follows every seek.
-        if self.flow_active:
-            self.stop_flow()
-        await super().perform_seek()
-
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        # Faust rewinds the stream partitions here after every rebalance, so
-        # that records its fetch loop took from aiokafka and then dropped are
-        # read again. aiokafka seeks only partitions with a committed offset
-        # (> 0): a partition nobody has committed yet kept the position past
-        # the dropped records, and the next commit covered them. Reset those
-        # to where a fresh assignment starts (auto_offset_reset="earliest").
-        # Offset 0 rather than ListOffsets(EARLIEST) (seek_to_beginning or
-        # beginning_offsets): those took up to the fetch wait here (1.5 s
-        # against 6 ms, presumably queued behind the fetch in flight), and
-        # this broker's logs start at 0 (nothing is ever deleted); were the
-        # start later, the fetch at 0 would be out of range and aiokafka
-        # would reset to the earliest offset, which is the same place.
-        committed = await super().seek_to_committed()
-        uncommitted = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
-        if uncommitted and self.app.conf.consumer_auto_offset_reset == "earliest":
-            log.debug("no committed offset for %s: seeking to offset 0", uncommitted)
-            await self._thread.seek_wait({tp: 0 for tp in uncommitted})
-        return committed
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         # Faust marks offsets it did not see as processed, for compacted topics
@@ -447,8 +344,8 @@ class Producer(faust_aiokafka.Producer):
         super().__init__(transport, **kwargs)
 
 
-class Transport(faust_aiokafka.Transport):
-    """``tansu://``: Faust's Kafka transport for the embedded Tansu broker."""
+class Transport(kafka_transport.Transport):
+    """``tansu://``: streamapp's Kafka transport for the embedded Tansu broker."""
 
     Consumer = Consumer
     Producer = Producer

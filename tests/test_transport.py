@@ -1,0 +1,140 @@
+"""streamapp.transport: the rebalance faults of Faust with aiokafka, without a broker.
+
+Each test drives the one method of Faust's consumer that the transport
+changes, with Faust's own method beside it where the fault shows. The same
+transport runs under every integration test (the embedded broker's
+``tansu://`` builds on it), and the no-loss and graceful-stop tests in
+tests/test_embedded_broker.py measure it end to end on a real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from streamapp import transport
+
+
+def test_the_last_commit_is_not_skipped_for_a_commit_in_flight() -> None:
+    """Faust's last commit (end of ``wait_empty``) returns without committing
+    while a periodic commit is in flight, whose offsets predate the acks
+    since; the transport waits for that one and then commits."""
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    async def last_commit(commit_and_end_transactions: Callable[..., Any]) -> list[Any]:
+        consumer = object.__new__(transport.Consumer)  # no transport needed
+        consumer.app = SimpleNamespace(client_only=False)  # type: ignore[assignment]
+        consumer.loop = asyncio.get_running_loop()
+        forced: list[Any] = []
+
+        async def force_commit(topics: Any = None, start_new_transaction: bool = True) -> bool:
+            forced.append(topics)
+            return True
+
+        consumer.force_commit = force_commit  # type: ignore[method-assign]
+        in_flight = consumer.loop.create_future()
+        consumer._commit_fut = in_flight  # the periodic commit, still sending
+        last = asyncio.create_task(commit_and_end_transactions(consumer))
+        await asyncio.sleep(0.01)
+        consumer._commit_fut = None  # as Faust's commit() ends: clear, then notify
+        in_flight.set_result(None)
+        await last
+        return forced
+
+    assert asyncio.run(last_commit(FaustConsumer.commit_and_end_transactions)) == []  # skipped
+    assert asyncio.run(last_commit(transport.Consumer.commit_and_end_transactions)) == [None]  # every topic
+
+
+
+
+def test_uncommitted_stream_partitions_are_rewound_too() -> None:
+    """The first-records loss of the no-loss test, without a broker.
+
+    After a rebalance Faust rewinds the stream partitions to their committed
+    offsets, so that records its fetch loop took and dropped are read again;
+    aiokafka skips partitions without a commit, which kept their position
+    past the dropped records. The transport resets those (and only stream
+    partitions: changelogs are positioned by table recovery) to the start.
+    """
+    from aiokafka.structs import TopicPartition as AIOTopicPartition
+
+    new, committed, zero, changelog = (
+        AIOTopicPartition("in", 0),
+        AIOTopicPartition("in", 1),
+        AIOTopicPartition("in", 2),
+        AIOTopicPartition("app-table-changelog", 0),
+    )
+
+    class Thread:
+        def __init__(self) -> None:
+            self.rewound: list[Any] = []
+
+        async def seek_to_committed(self) -> dict[Any, int | None]:
+            return {new: None, committed: 42, zero: 0, changelog: None}
+
+        async def seek_to_beginning(self, *partitions: Any) -> None:
+            self.rewound.extend(partitions)
+
+    for reset, expected in (("earliest", [new, zero]), ("latest", [])):
+        consumer = object.__new__(transport.Consumer)  # no transport needed
+        consumer._thread = Thread()  # type: ignore[assignment]
+        consumer.app = SimpleNamespace(  # type: ignore[assignment]
+            tables=SimpleNamespace(changelog_topics={changelog.topic}),
+            conf=SimpleNamespace(consumer_auto_offset_reset=reset),
+        )
+        offsets = asyncio.run(consumer.seek_to_committed())
+        assert offsets[committed] == 42 and offsets[new] is None  # Faust's view unchanged
+        assert consumer._thread.rewound == expected, reset  # type: ignore[attr-defined]
+
+
+def test_an_emptied_active_set_fetches_nothing() -> None:
+    """aiokafka reads an empty partition filter as "every partition".
+
+    Faust passes its live set of active partitions to the fetch; pausing the
+    changelogs at the end of table recovery empties it while the fetch waits,
+    and the records of the paused stream partitions came back (then dropped).
+    """
+    stream, changelog = TopicPartition("in", 0), TopicPartition("app-table-changelog", 0)
+    live = {changelog}
+    buffered = [stream, changelog]
+    seen: list[list[Any]] = []
+
+    class Fetcher:
+        _closed = False
+        _subscriptions = SimpleNamespace(fetch_context=lambda: contextlib.nullcontext())
+
+        async def fetched_records(self, partitions: Any, timeout: float = 0, max_records: int | None = None) -> dict:
+            live.clear()  # paused by the main thread while the fetch waits
+            # aiokafka's own filter (Fetcher.fetched_records)
+            drained = [tp for tp in buffered if not (partitions and tp not in partitions)]
+            live.add(changelog)  # resumed: the filter follows the live set
+            seen.append([tp for tp in buffered if not (partitions and tp not in partitions)])
+            return {tp: [] for tp in drained}
+
+    thread = object.__new__(transport.ConsumerThread)
+    thread.consumer = SimpleNamespace(flow_active=True)  # type: ignore[assignment]
+    kafka_consumer = SimpleNamespace(_fetcher=Fetcher(), _closed=False)
+    assert asyncio.run(thread._fetch_records(kafka_consumer, live, timeout=1.0)) == {}  # type: ignore[arg-type]
+    assert seen == [[changelog]]
+
+
+def test_workers_use_the_transport_for_kafka_urls(monkeypatch) -> None:
+    """``kafka://`` (production) and ``tansu://`` (embedded) both run the fixed consumer."""
+    from streamapp.app import StreamApp
+    from streamapp.embedded import tansu
+    from streamapp.settings import Settings
+
+    for url, expected in (
+        ("kafka://localhost:9092", transport.Transport),
+        ("aiokafka://localhost:9092", transport.Transport),
+        ("tansu://127.0.0.1:9092", tansu.Transport),
+    ):
+        monkeypatch.setenv("BROKER_URL", url)
+        app = StreamApp(Settings())
+        assert type(app.transport) is expected, url
+        assert issubclass(app.transport.Consumer, transport.Consumer)
