@@ -142,12 +142,9 @@ class Consumer(faust_aiokafka.Consumer):
         uncommitted = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
         if uncommitted and self.app.conf.consumer_auto_offset_reset == "earliest":
             log.debug("no committed offset for %s: rewinding to the log start", uncommitted)
-            await self._rewind_to_start(uncommitted)
+            # ListOffsets(EARLIEST), as for a fresh assignment
+            await self._thread.seek_to_beginning(*uncommitted)
         return committed
-
-    async def _rewind_to_start(self, partitions: list[Any]) -> None:
-        # ListOffsets(EARLIEST), as a fresh assignment would
-        await self._thread.seek_to_beginning(*partitions)
 
 
 class Transport(faust_aiokafka.Transport):
