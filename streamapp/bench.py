@@ -20,6 +20,11 @@ One invocation starts its own embedded stack and measures, in order:
    model;
 6. predictor: images/s of the model server at batch sizes 1, 8, 32, 128.
 
+For 2. and 5. it also reads every process's CPU time (``/proc``): CPU
+milliseconds per image for the workers, the S3 server, the predictor, the
+broker and the bench itself, which is what bounds throughput on a small
+machine. ``--workers N`` starts N workers before the throughput run.
+
 "Counted" is the moment the tally agent set the image in the ``images``
 table: the Kafka timestamp of that table's changelog record, so no polling
 interval blurs the figures.
