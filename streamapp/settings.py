@@ -49,7 +49,7 @@ class Settings:
     predictor_protocol: str = _field("STREAMAPP_PREDICTOR_PROTOCOL", "v2", "'v1' (KServe :predict) or 'v2' (Open Inference Protocol /infer).")
     predictor_timeout: float = _field("STREAMAPP_PREDICTOR_TIMEOUT", 10.0, "Seconds for one predictor request.")
     batch_max_size: int = _field("STREAMAPP_BATCH_MAX_SIZE", 64, "A batch goes to the predictor when it holds this many tensors ...")
-    batch_max_delay: float = _field("STREAMAPP_BATCH_MAX_DELAY", 0.05, "... or when its oldest tensor has waited this many seconds.")
+    batch_max_delay: float = _field("STREAMAPP_BATCH_MAX_DELAY", 0.02, "... or when its oldest tensor has waited this many seconds.")
     # -- archive --------------------------------------------------------------
     archive_concurrency: int = _field("STREAMAPP_ARCHIVE_CONCURRENCY", 8, "Archive copies in flight at once per worker.")
     # -- retries --------------------------------------------------------------
