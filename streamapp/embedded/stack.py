@@ -25,7 +25,7 @@ from pathlib import Path
 
 from streamapp.embedded import tansu
 from streamapp.embedded.broker import EmbeddedBroker
-from streamapp.embedded.process import ManagedProcess, ServiceFailed, free_port
+from streamapp.embedded.process import ManagedProcess, ServiceFailed, free_port, port_free
 from streamapp.embedded.s3 import EmbeddedS3
 from streamapp.settings import Settings
 
@@ -61,6 +61,7 @@ class Stack:
         self.predictor_url = ""
         self.predictor_port = 0
         self.workers: dict[int, ManagedProcess] = {}
+        self._web_ports: dict[int, int] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -155,7 +156,15 @@ class Stack:
     # -- workers -----------------------------------------------------------------
 
     def web_port(self, index: int) -> int:
-        return self.config.web_port + index
+        """Worker ``index``'s web port, kept across its restarts: the configured
+        port plus ``index``, or, for a further worker whose port is taken (by
+        any socket, an outgoing connection's included), a free one."""
+        if index not in self._web_ports:
+            port = self.config.web_port + index
+            if index and not port_free(HOST, port):
+                port = free_port(HOST)
+            self._web_ports[index] = port
+        return self._web_ports[index]
 
     def web_url(self, index: int = 0) -> str:
         return f"http://{HOST}:{self.web_port(index)}"
