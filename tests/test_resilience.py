@@ -95,7 +95,10 @@ def test_two_workers_share_partitions_and_count_exactly(tmp_path_factory, sample
         stack.wait_worker_ready(1)
         upload_files(stack, batches[5:], prefix="scale/")
         stack.stop_worker(0)  # and another one: worker 1 takes everything over
-        wait_counts(stack, labels, worker=1)
+        try:
+            wait_counts(stack, labels, worker=1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{takeover_report(stack, labels)}") from None
         stack.start_worker(0)
         stack.wait_worker_ready(0)
         # both workers answer for all partitions (global table)
@@ -106,3 +109,16 @@ def test_two_workers_share_partitions_and_count_exactly(tmp_path_factory, sample
         assert not dead_letters_under(stack, "scale/")
     finally:
         stack.stop()
+
+
+def takeover_report(stack, labels: Counter) -> str:
+    """Where the images of a failed takeover got to: topics, table changelog, worker 1's counters."""
+    settings = stack.settings
+    lines = [f"expected {sum(labels.values())} images; worker 1 counts {sum(digit_counts(stack, 1).values())}"]
+    for topic in (settings.tensors_topic, settings.labeled_topic, settings.archived_topic):
+        keys = {(r["image"]["key"], r["image"].get("etag")) for r in read_topic(stack, topic)}
+        lines.append(f"{topic}: {len(keys)} distinct images")
+    lines.append(f"worker 1 counters: {http_json(stack.web_url(1) + '/stats/')['worker']['counters']}")
+    lines.append(stack.workers[1].log_tail(60))
+    return "\n".join(lines)
+
