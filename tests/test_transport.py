@@ -138,3 +138,28 @@ def test_workers_use_the_transport_for_kafka_urls(monkeypatch) -> None:
         app = StreamApp(Settings())
         assert type(app.transport) is expected, url
         assert issubclass(app.transport.Consumer, transport.Consumer)
+
+
+def test_producer_flush_empties_the_send_soon_buffer() -> None:
+    """Faust's buffer flush gives up after 0.1 s without a send; the transport's does not."""
+    from faust.transport.drivers.aiokafka import Producer as FaustProducer
+
+    class Buffer:
+        """Sends one queued message per flush() call, as a slow sender would."""
+
+        def __init__(self) -> None:
+            self.size = 3
+
+        async def flush(self) -> None:
+            self.size = max(0, self.size - 1)
+
+    def flushed(producer_class: type) -> int:
+        producer = object.__new__(producer_class)  # no Kafka client needed
+        producer.buffer = Buffer()  # type: ignore[attr-defined]
+        producer._producer = None
+        producer._transaction_producers = {}
+        asyncio.run(producer.flush())
+        return producer.buffer.size  # type: ignore[attr-defined]
+
+    assert flushed(FaustProducer) == 2  # gave up with messages queued
+    assert flushed(transport.Producer) == 0

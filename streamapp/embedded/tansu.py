@@ -336,7 +336,7 @@ class Consumer(kafka_transport.Consumer):
         return super()._new_offset(tp)
 
 
-class Producer(faust_aiokafka.Producer):
+class Producer(kafka_transport.Producer):
     """Faust's aiokafka producer; refuses exactly-once (idempotence fails here)."""
 
     def __init__(self, transport: Any, **kwargs: Any) -> None:
