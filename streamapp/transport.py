@@ -33,10 +33,11 @@ messages, 6-8 rebalances per run), but none depends on the broker:
    send-soon buffer, and the consumer flushes the producer before it commits
    the offsets of the events that made them; but the buffer's ``flush()``
    returns as soon as no message went out within 0.1 s. On a loaded machine
-   a worker then committed, stopped, and its last table updates were never
-   sent: a two-worker takeover test ended with every image archived but
-   fewer counted (2 of 5 full-suite runs). :class:`Producer` flushes until the
-   buffer is empty.
+   a worker could then commit, stop, and never send its last table updates:
+   the likely cause of a two-worker takeover test that ended with every
+   image archived but fewer counted (2 of 5 full-suite runs; it did not
+   recur on demand, standalone or two at a time). :class:`Producer` flushes
+   until the buffer is empty.
 
 Also: after a rebalance Faust resumes the stream partitions, seeks them and
 only then resumes flow control, which empties the agents' queues; records
