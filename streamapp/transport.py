@@ -4,9 +4,10 @@ Reads and writes Kafka exactly as ``faust.transport.drivers.aiokafka`` does;
 :class:`streamapp.app.StreamApp` uses it for ``kafka://`` broker URLs, and the
 embedded broker's ``tansu://`` transport (:mod:`streamapp.embedded.tansu`)
 builds on it. Four faults of faust-streaming 0.15.3 with aiokafka 0.14 lost
-or replayed records at rebalances. They were found and measured on the
-embedded broker (tests/test_embedded_broker.py: two workers, a table, 6,000
-messages, 6-8 rebalances per run), but none depends on the broker:
+or replayed records around rebalances and stops. They were found and
+measured on the embedded broker (tests/test_embedded_broker.py: two
+workers, a table, 6,000 messages, 6-8 rebalances per run; and the pipeline's
+two-worker test), but none depends on the broker:
 
 1. An emptied partition filter. Faust hands aiokafka's fetch its live set of
    active partitions, and aiokafka reads an empty set as "every partition".
@@ -28,7 +29,6 @@ messages, 6-8 rebalances per run), but none depends on the broker:
    :class:`Consumer` drops them after the handler, and the last commit before
    a revocation or a stop waits for a periodic commit in flight instead of
    being skipped (that one's offsets predate the acks since).
-
 4. A flush that gives up. Table updates go to the changelog through Faust's
    send-soon buffer, and the consumer flushes the producer before it commits
    the offsets of the events that made them; but the buffer's ``flush()``
