@@ -112,7 +112,7 @@ def test_two_workers_share_partitions_and_count_exactly(tmp_path_factory, sample
 
 
 def takeover_report(stack, labels: Counter) -> str:
-    """Where the images of a failed takeover got to: topics, table changelog, worker 1's counters."""
+    """Where the images of a failed takeover got to: the intermediate topics, worker 1's counters and log."""
     settings = stack.settings
     lines = [f"expected {sum(labels.values())} images; worker 1 counts {sum(digit_counts(stack, 1).values())}"]
     for topic in (settings.tensors_topic, settings.labeled_topic, settings.archived_topic):
