@@ -4,7 +4,7 @@
       -> preprocess: parse, GetObject, decode + normalize      -> tensors
       -> infer: batches of tensors -> one predictor request    -> labeled
       -> archive: server-side copy to <prefix><digit>/<key>    -> archived
-      -> tally: images[identity] = digit  (GlobalTable)        -> GET /digits/
+      -> tally: images[identity] = digit  (partitioned table)  -> GET /digits/
     any input that cannot be processed                         -> dead-letters
       -> tally_dead_letters: dead_letters[source] = kind       -> GET /stats/
 
@@ -54,22 +54,24 @@ archived_topic = app.topic(settings.archived_topic, key_serializer="raw", value_
 dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_type=DeadLetter)
 
 # -- tables -------------------------------------------------------------------
-# Global: every worker reads every partition's changelog, so any worker can
-# answer for the totals. recovery_buffer_size=1 applies changelog records as
-# they arrive (faust-streaming #283: larger buffers left remote keys unseen).
+# Partitioned like the topics they count (each worker holds only its
+# partitions), on disk in the worker's data dir, each partition's counts kept
+# beside its entries (streamapp.state). A standby replica of every partition on
+# another worker takes over or answers for a dead owner; it applies every
+# changelog record as it comes (standby_buffer_size=1) so it trails by none.
 
-images = app.GlobalTable(
+images = app.Table(
     "images",
     key_type=str,
     value_type=int,
-    recovery_buffer_size=1,
+    standby_buffer_size=1,
     help="image version (bucket/key@etag) -> digit: the set the counts derive from",
 )
-dead_letters = app.GlobalTable(
+dead_letters = app.Table(
     "dead-letters",
     key_type=str,
     value_type=str,
-    recovery_buffer_size=1,
+    standby_buffer_size=1,
     help="failed input (topic:partition:offset:index:stage) -> error kind",
 )
 
@@ -161,7 +163,7 @@ async def preprocess(stream: StreamT[bytes]) -> None:
 async def predict_batch(batch: np.ndarray) -> list:
     """One predictor request for the batch, retried while the predictor is down."""
     return await retry_until_done(
-        lambda: app.predictor.client.predict(batch),
+        lambda: app.http.predictor.predict(batch),
         what=f"predict {len(batch)} tensors",
         initial=settings.retry_initial,
         maximum=settings.retry_max,
@@ -271,13 +273,3 @@ async def tally(stream: StreamT[ArchivedRecord]) -> None:
 async def tally_dead_letters(stream: StreamT[DeadLetter]) -> None:
     async for record in stream:
         dead_letters[record.source] = record.kind
-
-
-def digit_counts() -> dict[str, int]:
-    """Images per digit over every partition: all ten keys, zeros included."""
-    counts = Counter(images.values())
-    return {str(digit): counts.get(digit, 0) for digit in range(10)}
-
-
-def dead_letter_counts() -> dict[str, int]:
-    return dict(Counter(dead_letters.values()))

@@ -4,7 +4,8 @@ The app owns the worker's two long-lived clients, started before the agents
 and stopped after them:
 
 * ``app.storage``: the one aiobotocore S3 client;
-* ``app.predictor``: the one aiohttp session and the predictor client on it.
+* ``app.http``: the one aiohttp session, with the predictor client on it
+  (and the requests for other workers' counts, :mod:`streamapp.totals`).
 
 The topology itself is in :mod:`streamapp.agents` and the web pages in
 :mod:`streamapp.views`; Faust imports both when the worker starts
@@ -29,8 +30,8 @@ from streamapp.storage import Storage
 log = logging.getLogger(__name__)
 
 
-class Predictor(Service):
-    """Owns the aiohttp session the predictor client uses, for the worker's life."""
+class Http(Service):
+    """Owns the worker's one aiohttp session and the predictor client on it."""
 
     def __init__(self, settings: Settings, **kwargs: object) -> None:
         self.settings = settings
@@ -40,7 +41,7 @@ class Predictor(Service):
 
     async def on_start(self) -> None:
         # one pool for the worker; a batch is one request, so a few
-        # connections cover the inference agent's concurrency
+        # connections cover the inference agent's concurrency and the peers
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
         self._client = PredictorClient(
             self._session,
@@ -62,7 +63,13 @@ class Predictor(Service):
         self._session = self._client = None
 
     @property
-    def client(self) -> PredictorClient:
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the HTTP session is not started")
+        return self._session
+
+    @property
+    def predictor(self) -> PredictorClient:
         if self._client is None:
             raise RuntimeError("the predictor client is not started")
         return self._client
@@ -77,7 +84,10 @@ class StreamApp(faust.App):
             # Faust reads BROKER_URL, WEB_PORT, TOPIC_PARTITIONS ... from the
             # environment; these are defaults only.
             broker="kafka://localhost:9092",
-            store="memory://",
+            # every table: on disk, partitioned like the stream, counting its
+            # values per partition (streamapp.state); the state lives under
+            # APP_DATADIR, one per worker
+            store="counting://",
             autodiscover=["streamapp.agents", "streamapp.views"],
             origin="streamapp",
             # a short commit interval bounds what a rebalance replays
@@ -89,7 +99,7 @@ class StreamApp(faust.App):
         )
         self.settings = settings
         self.storage = Storage(settings)
-        self.predictor = Predictor(settings)
+        self.http = Http(settings)
 
     def _new_transport(self) -> TransportT:
         # kafka:// (and aiokafka://) gets Faust's aiokafka driver without its
@@ -103,7 +113,7 @@ class StreamApp(faust.App):
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # mode starts dependencies in order and stops them in reverse: the
         # clients are up before any agent runs and closed after the last one.
-        return [self.storage, self.predictor, *super().on_init_dependencies()]
+        return [self.storage, self.http, *super().on_init_dependencies()]
 
 
 settings = Settings.from_env()

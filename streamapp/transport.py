@@ -3,7 +3,7 @@
 Reads and writes Kafka exactly as ``faust.transport.drivers.aiokafka`` does;
 :class:`streamapp.app.StreamApp` uses it for ``kafka://`` broker URLs, and the
 embedded broker's ``tansu://`` transport (:mod:`streamapp.embedded.tansu`)
-builds on it. Four faults of faust-streaming 0.15.3 with aiokafka 0.14 lost
+builds on it. Five faults of faust-streaming 0.15.3 with aiokafka 0.14 lost
 or replayed records around rebalances and stops. They were found and
 measured on the embedded broker (tests/test_embedded_broker.py: two
 workers, a table, 6,000 messages, 6-8 rebalances per run; and the pipeline's
@@ -43,6 +43,25 @@ Also: after a rebalance Faust resumes the stream partitions, seeks them and
 only then resumes flow control, which empties the agents' queues; records
 fetched in between were queued and dropped. :meth:`Consumer.perform_seek`
 stops the flow first.
+
+5. Standby records dropped at the end of recovery. Faust resumes the
+   standby changelog partitions, then (``Recovery.on_recovery_completed``)
+   seeks the stream partitions and resumes flow control, which empties the
+   changelog queue: standby records fetched in that window were dropped, and
+   the fetch position stayed past them, so the standby replica missed them
+   for good (and so did the active it later became, which resumes after its
+   last applied offset). The same window lost GlobalTable records: the
+   cause of the short counts in the operator's kill -9 runs (docs/DESIGN.md,
+   "State"). :meth:`Consumer.perform_seek` seeks every standby partition
+   back to just after its last applied record.
+6. A standby that was once active applies its records a thousand at a time.
+   Faust's recovery remembers each changelog partition's buffer size from
+   the first time it sees it (``Recovery.buffer_sizes``, never cleared): a
+   partition that was active keeps the recovery buffer (1,000 records), and
+   when it later becomes a standby, nothing flushes that buffer between
+   rebalances, so the replica trails its active by up to 999 records.
+   :meth:`Consumer.on_partitions_revoked` forgets the sizes once Faust has
+   flushed the buffers at a revocation.
 """
 
 from __future__ import annotations
@@ -121,6 +140,9 @@ class Consumer(faust_aiokafka.Consumer):
             self._paused_partitions.difference_update(revoked)
             try:
                 await trace(self._on_partitions_revoked, partitions=revoked)(revoked)
+                # the handler flushed the recovery buffers: let each partition
+                # take the buffer of its next role, active or standby (6.)
+                self.app.tables.recovery.buffer_sizes.clear()
             finally:
                 for tp in revoked:
                     self._gap.pop(tp, None)
@@ -144,6 +166,12 @@ class Consumer(faust_aiokafka.Consumer):
         if self.flow_active:
             self.stop_flow()
         await super().perform_seek()
+        # Records fetched for standbys are dropped from here until the flow
+        # resumes (5.): read them again, from after the last one taken.
+        recovery = self.app.tables.recovery
+        for tp in recovery.standby_tps:
+            taken = recovery.standby_offsets.get(tp)
+            await self.seek(tp, 0 if taken is None or taken < 0 else taken + 1)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()

@@ -1,15 +1,18 @@
 """Web pages of a worker: the counts as JSON, stats, and a live dashboard.
 
-Reads: the ``images`` and ``dead-letters`` global tables (every partition, on
-every worker) and this worker's own stats. Writes: HTTP responses.
+Reads: the ``images`` and ``dead-letters`` tables' counts over every
+partition (:mod:`streamapp.totals`: this worker's own partitions, the other
+workers' over HTTP) and this worker's own stats. Writes: HTTP responses.
 
     GET /           the dashboard (HTML; polls /digits/ and /stats/ each second)
     GET /digits/    {"0": n0, ..., "9": n9}: images counted per digit, all partitions
     GET /stats/     totals and this worker's counters
+    GET /internal/counts/<table>/?partitions=0,1[&replica=standby]
+                    this worker's partitions' counts, for its peers
 
-Faust serves pages before a new worker has its first partitions and has
-recovered its tables; until then the counts would read zero, so the count
-pages answer 503 and readiness probes wait.
+Until every partition can be read (a worker still recovering, the owner of a
+partition dead and no standby replica here) the count pages answer 503
+rather than a short count, and readiness probes wait.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from importlib import resources
 
 from faust.web import Request, Response, View
 
-from streamapp.agents import dead_letter_counts, digit_counts, images, stats
+from streamapp.agents import dead_letters, images, stats
 from streamapp.app import app, settings
+from streamapp.totals import Totals, cluster_totals, encode_partition_counts, local_counts
 
 _STARTED = time.time()
 
@@ -32,35 +36,42 @@ class Dashboard(View):
         return self.html(html)
 
 
-def recovering(view: View) -> Response | None:
-    """A 503 answer while the tables are not yet recovered, else None."""
-    if app.tables.recovery.completed.is_set():
+def unavailable(view: View, **totals: Totals) -> Response | None:
+    """A 503 answer while some partition's counts cannot be read, else None."""
+    missing = {name: total.missing for name, total in totals.items() if total.missing}
+    if not missing:
         return None
-    return view.json({"error": "the worker is recovering its tables; retry shortly"}, status=503)
+    return view.json({"error": "counts of some partitions cannot be read yet (a worker is recovering or "
+                               "rebalancing); retry shortly", "missing_partitions": missing}, status=503)
 
 
 @app.page("/digits/")
 class Digits(View):
     async def get(self, request: Request) -> Response:
-        return recovering(self) or self.json(digit_counts())
+        totals = await cluster_totals(app, images, app.http.session)
+        if (busy := unavailable(self, images=totals)) is not None:
+            return busy
+        return self.json({str(digit): totals.counts.get(digit, 0) for digit in range(10)})
 
 
 @app.page("/stats/")
 class Stats(View):
     async def get(self, request: Request) -> Response:
-        if (busy := recovering(self)) is not None:
+        counted = await cluster_totals(app, images, app.http.session)
+        dead = await cluster_totals(app, dead_letters, app.http.session)
+        if (busy := unavailable(self, images=counted, dead_letters=dead)) is not None:
             return busy
-        dead = dead_letter_counts()
         return self.json(
             {
-                "images": len(images),
-                "dead_letters": sum(dead.values()),
-                "dead_letters_by_kind": dead,
+                "images": sum(counted.counts.values()),
+                "dead_letters": sum(dead.counts.values()),
+                "dead_letters_by_kind": dict(dead.counts),
                 "worker": {
                     "id": app.conf.id,
                     "url": str(app.conf.canonical_url),
                     "uptime": round(time.time() - _STARTED, 1),
                     "counters": dict(sorted(stats.items())),
+                    "partitions": {str(p): source for p, source in sorted(counted.sources.items())},
                 },
                 "settings": {
                     "predictor": f"{settings.predictor_url} ({settings.predictor_protocol}, model {settings.model_name})",
@@ -70,3 +81,20 @@ class Stats(View):
                 },
             }
         )
+
+
+@app.page("/internal/counts/{table}/")
+class PartitionCounts(View):
+    async def get(self, request: Request, table: str) -> Response:
+        tables = {images.name: images, dead_letters.name: dead_letters}
+        if table not in tables:
+            return self.json({"error": "no such table"}, status=404)
+        try:
+            wanted = [int(p) for p in request.query.get("partitions", "").split(",") if p]
+        except ValueError:
+            return self.json({"error": "partitions: a comma-separated list of numbers"}, status=400)
+        replica = request.query.get("replica", "active")
+        if replica not in ("active", "standby"):
+            return self.json({"error": "replica: 'active' or 'standby'"}, status=400)
+        counts = local_counts(app, tables[table], wanted, standby=replica == "standby")
+        return self.json({"partitions": encode_partition_counts(counts)})

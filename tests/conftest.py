@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -85,6 +86,19 @@ def http_json(url: str, timeout: float = 5.0) -> Any:
 
 def digit_counts(stack: Stack, worker: int = 0) -> Counter[int]:
     return Counter({int(k): v for k, v in http_json(stack.web_url(worker) + "/digits/").items()})
+
+
+def counts_if_ready(stack: Stack, worker: int = 0) -> Counter[int] | None:
+    """The worker's counts, or None while it answers 503 (recovering, rebalancing)
+    or does not answer at all (starting, killed)."""
+    try:
+        return digit_counts(stack, worker)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return None
+        raise
+    except OSError:  # connection refused or reset, timed out
+        return None
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.25) -> Any:

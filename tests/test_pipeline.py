@@ -23,6 +23,7 @@ from streamapp.events import minio_notification
 from streamapp.records import ObjectRef, TensorRecord
 from tests.conftest import (
     MAX_OBJECT_BYTES,
+    counts_if_ready,
     digit_counts,
     http_json,
     list_keys,
@@ -52,7 +53,7 @@ def tricky_copies(samples: list[Path], dest: Path, folder: str = "ünï cödé+x
 
 def wait_counts(stack, expected: Counter, worker: int = 0) -> Counter:
     return wait_for(
-        lambda: (c := digit_counts(stack, worker)) == expected and c,
+        lambda: (c := counts_if_ready(stack, worker)) == expected and c,
         timeout=SETTLE,
         what=f"counts {dict(expected)}",
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 import urllib.request
@@ -79,6 +80,7 @@ class Stack:
     def start(self, workers: int = 1) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        self.clear_worker_state()
         self.broker = EmbeddedBroker(port=self.config.broker_port or None, log_path=self.logs / "broker.log")
         self.broker.start()
         self.s3 = EmbeddedS3(
@@ -107,6 +109,19 @@ class Stack:
         for index in range(workers):
             self.wait_worker_ready(index)
         log.info("stack up in %.1fs", time.monotonic() - started)
+
+    def clear_worker_state(self) -> None:
+        """Remove the workers' table state left by an earlier run.
+
+        The embedded broker keeps topics in memory only, so a new stack starts
+        with empty changelogs; RocksDB state from before would describe
+        records that no longer exist (Faust refuses to start on it: "persisted
+        offset higher than highwater"). Objects in S3 are kept. Within a run,
+        a restarted worker keeps its state, as in production.
+        """
+        for path in self.data_dir.glob("worker-*"):
+            if path.is_dir():
+                shutil.rmtree(path)
 
     def stop(self) -> None:
         for index in sorted(self.workers, reverse=True):

@@ -1,0 +1,129 @@
+"""Totals for the whole cluster: every partition's counts, from the worker that owns it.
+
+Reads: this worker's :class:`~streamapp.state.CountingStore` partitions, and
+the other workers' over HTTP (``GET /internal/counts/<table>/?partitions=..``,
+served by :func:`local_counts`), found through Faust's table routing
+(``app.router.table_metadata``). Writes: nothing.
+
+A query costs O(partitions x values): each owner reads its partitions' stored
+counts, nobody scans entries. A partition whose owner does not answer (killed,
+still recovering) is read from this worker's standby replica when it holds
+one; a partition nobody can answer for is reported missing, and the pages
+answer 503 rather than a short count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from faust.types import TP, AppT, CollectionT
+
+log = logging.getLogger(__name__)
+
+#: the internal page a worker serves its partitions' counts on
+COUNTS_PATH = "/internal/counts/{table}/"
+
+
+@dataclasses.dataclass
+class Totals:
+    """Counts over the partitions that could be read, and where each came from."""
+
+    counts: Counter[Any]
+    sources: dict[int, str]  # partition -> "local", "standby" or the owner's URL
+    missing: list[int]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def _changelog_tps(tps: Iterable[TP], table: CollectionT) -> set[int]:
+    topic = table.changelog_topic_name  # type: ignore[attr-defined]
+    return {tp.partition for tp in tps if tp.topic == topic}
+
+
+def serving(app: AppT) -> bool:
+    """Whether this worker's active partitions are recovered and not mid-rebalance."""
+    return app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
+
+
+def local_counts(app: AppT, table: CollectionT, partitions: Iterable[int], *,
+                 standby: bool = False) -> dict[int, Mapping[bytes, int]]:
+    """Stored counts of those ``partitions`` this worker holds as active (or, with
+    ``standby``, as standby) replica and can answer for now."""
+    if not serving(app):
+        return {}
+    held = app.assignor.assigned_standbys() if standby else app.assignor.assigned_actives()
+    mine = _changelog_tps(held, table)
+    store = table.data
+    return {p: store.partition_counts(p) for p in partitions if p in mine}  # type: ignore[attr-defined]
+
+
+def _decode(app: AppT, table: CollectionT, counts: Mapping[bytes, int]) -> Counter[Any]:
+    return Counter({
+        app.serializers.loads_value(table.value_type, raw, serializer=table.value_serializer): n
+        for raw, n in counts.items()
+    })
+
+
+def encode_partition_counts(counts: Mapping[int, Mapping[bytes, int]]) -> dict[str, dict[str, int]]:
+    """The internal page's JSON: partition -> serialized value (text) -> count."""
+    return {str(p): {raw.decode("utf-8"): n for raw, n in c.items()} for p, c in counts.items()}
+
+
+def decode_partition_counts(data: Mapping[str, Mapping[str, int]]) -> dict[int, dict[bytes, int]]:
+    return {int(p): {raw.encode("utf-8"): int(n) for raw, n in c.items()} for p, c in data.items()}
+
+
+async def _ask(session: aiohttp.ClientSession, url: str, table: CollectionT, partitions: list[int],
+               timeout: float) -> dict[int, dict[bytes, int]]:
+    target = url.rstrip("/") + COUNTS_PATH.format(table=table.name)
+    try:
+        async with session.get(target, params={"partitions": ",".join(map(str, partitions))},
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                return {}
+            return decode_partition_counts((await response.json())["partitions"])
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+        log.debug("counts of %s partitions %s from %s: %r", table.name, partitions, url, exc)
+        return {}
+
+
+async def cluster_totals(app: AppT, table: CollectionT, session: aiohttp.ClientSession, *,
+                         timeout: float = 2.0) -> Totals:
+    """Counts of ``table`` over all its partitions, from any worker."""
+    topic = table.changelog_topic_name  # type: ignore[attr-defined]
+    total = app.consumer.topic_partitions(topic) or table.partitions or app.conf.topic_partitions
+    wanted = list(range(total))
+    me = str(app.conf.canonical_url).rstrip("/")
+    found: dict[int, Mapping[bytes, int]] = {}
+    sources: dict[int, str] = {}
+    for p, counts in local_counts(app, table, wanted).items():
+        found[p], sources[p] = counts, "local"
+    # the owners of the rest, by Faust's assignment: host URL -> partitions
+    peers: dict[str, list[int]] = {}
+    for url, topics in app.router.table_metadata(table.name).items():
+        url = str(url).rstrip("/")
+        if url == me:
+            continue
+        parts = sorted(p for p in topics.get(topic, ()) if p not in found)
+        if parts:
+            peers[url] = parts
+    answers = await asyncio.gather(*(_ask(session, url, table, parts, timeout) for url, parts in peers.items()))
+    for url, answer in zip(peers, answers, strict=True):
+        for p, counts in answer.items():
+            if p not in found and p in peers[url]:
+                found[p], sources[p] = counts, url
+    rest = [p for p in wanted if p not in found]
+    for p, counts in local_counts(app, table, rest, standby=True).items():
+        found[p], sources[p] = counts, "standby"
+    merged: Counter[bytes] = Counter()
+    for counts in found.values():
+        merged.update(counts)
+    return Totals(_decode(app, table, merged), sources, [p for p in wanted if p not in found])
