@@ -118,7 +118,8 @@ def compose_workers() -> dict[str, dict[str, Any]]:
 
 def k8s_worker_deployment() -> dict[str, Any]:
     (worker,) = [
-        d for d in objects_of("Deployment") if any(is_worker_command(c.get("command")) for c in pod_spec(d)["containers"])
+        d for d in [*objects_of("Deployment"), *objects_of("StatefulSet")]
+        if any(is_worker_command(c.get("command")) for c in pod_spec(d)["containers"])
     ]
     return worker
 
@@ -322,6 +323,17 @@ def test_k8s_workers_never_outnumber_partitions() -> None:
             assert hpa["spec"]["maxReplicas"] <= partitions
 
 
+def test_compose_workers_keep_their_table_state_on_volumes_of_their_own() -> None:
+    workers = compose_workers()
+    datadirs = set()
+    for name, worker in workers.items():
+        datadir = worker["environment"]["APP_DATADIR"]
+        (volume,) = [v.split(":")[0] for v in worker.get("volumes", []) if v.split(":")[1] == datadir]
+        assert volume in compose()["volumes"], name
+        datadirs.add(volume)
+    assert len(datadirs) == len(workers)
+
+
 def test_compose_workers_never_outnumber_partitions_and_share_a_group() -> None:
     services = compose()["services"]
     workers = compose_workers()
@@ -405,11 +417,18 @@ def test_worker_deployment_probes_and_shutdown() -> None:
     (container,) = spec["containers"]
     port = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert port["web"] == 6066
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+    for probe in ("readinessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["path"] == "/digits/"
+    # liveness asks for this worker's own partitions only: a peer's trouble restarts nobody
+    assert container["livenessProbe"]["httpGet"]["path"].startswith("/internal/counts/")
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["port"] in ("web", 6066)
-    mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert configmap()["APP_DATADIR"] in mounts, "Faust's data dir must be writable (read-only root)"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert configmap()["APP_DATADIR"] in mounts.values(), "Faust's data dir must be writable (read-only root)"
+    # the table state survives a restart: a volume claim per worker, not an emptyDir
+    assert worker["kind"] == "StatefulSet"
+    (data,) = [name for name, path in mounts.items() if path == configmap()["APP_DATADIR"]]
+    assert data in {t["metadata"]["name"] for t in worker["spec"]["volumeClaimTemplates"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     affinity = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert affinity
