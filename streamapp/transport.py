@@ -36,8 +36,10 @@ two-worker test), but none depends on the broker:
    a worker could then commit, stop, and never send its last table updates:
    the likely cause of a two-worker takeover test that ended with every
    image archived but fewer counted (2 of 5 full-suite runs; it did not
-   recur on demand, standalone or two at a time). :class:`Producer` flushes
-   until the buffer is empty.
+   recur on demand, standalone or two at a time). And the buffer's size no
+   longer counts a message its sender task has taken but aiokafka has not
+   batched yet. :class:`Producer` flushes until every message sent soon is
+   acknowledged, within a deadline.
 
 Also: after a rebalance Faust resumes the stream partitions, seeks them and
 only then resumes flow control, which empties the agents' queues; records
@@ -66,7 +68,9 @@ stops the flow first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -185,15 +189,46 @@ class Consumer(faust_aiokafka.Consumer):
         return committed
 
 
+class ProducerFlushTimeout(RuntimeError):
+    """The broker did not acknowledge the worker's pending writes in time."""
+
+
 class Producer(faust_aiokafka.Producer):
-    """Faust's aiokafka producer whose ``flush()`` empties the send-soon buffer (4.)."""
+    """Faust's aiokafka producer whose ``flush()`` returns only once everything
+    sent soon (table changelog writes) is acknowledged (4.), or raises
+    :class:`ProducerFlushTimeout` after :attr:`flush_timeout` seconds."""
+
+    #: a broker that takes no writes for this long fails the flush (and the
+    #: commit waiting for it) with a clear error instead of hanging it
+    flush_timeout: float = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unacknowledged: set[asyncio.Future] = set()
+
+    def send_soon(self, fut: Any) -> None:
+        # counted from the hand-over: the buffer's size no longer counts a
+        # message once its sender task has taken it (4.)
+        self._unacknowledged.add(fut)
+        fut.add_done_callback(self._unacknowledged.discard)
+        super().send_soon(fut)
 
     async def flush(self) -> None:
         # Faust's ProducerBuffer.flush() returns as soon as no message went out
         # within 0.1 s, with table changelog writes still queued; the consumer
         # then commits the offsets whose updates they are
-        while self.buffer.size:
-            await self.buffer.flush()
+        deadline = time.monotonic() + self.flush_timeout
+        while self.buffer.size or self._unacknowledged:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProducerFlushTimeout(
+                    f"{self.buffer.size + len(self._unacknowledged)} messages (table changelog writes) not "
+                    f"acknowledged by the broker within {self.flush_timeout:.0f}s; offsets are not committed"
+                )
+            if self.buffer.size:
+                await self.buffer.flush()
+            elif self._unacknowledged:
+                await asyncio.wait(list(self._unacknowledged), timeout=min(left, 1.0))
         await super().flush()
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from streamapp import transport
@@ -158,8 +159,63 @@ def test_producer_flush_empties_the_send_soon_buffer() -> None:
         producer.buffer = Buffer()  # type: ignore[attr-defined]
         producer._producer = None
         producer._transaction_producers = {}
+        producer._unacknowledged = set()
         asyncio.run(producer.flush())
         return producer.buffer.size  # type: ignore[attr-defined]
 
     assert flushed(FaustProducer) == 2  # gave up with messages queued
     assert flushed(transport.Producer) == 0
+
+
+def bare_producer() -> transport.Producer:
+    """streamapp's producer without a Kafka client, an empty buffer, nothing sent yet."""
+
+    class Buffer:
+        size = 0
+
+        def put(self, fut: object) -> None:  # the sender task takes it at once
+            pass
+
+        async def flush(self) -> None:
+            pass
+
+    producer = object.__new__(transport.Producer)
+    producer.buffer = Buffer()  # type: ignore[assignment]
+    producer._producer = None
+    producer._transaction_producers = {}
+    producer._unacknowledged = set()
+    return producer
+
+
+def test_producer_flush_waits_for_messages_the_sender_has_taken_but_not_sent() -> None:
+    """The buffer's size is 0 once its sender task took a message; flush still waits for its ack."""
+
+    async def scenario() -> list[str]:
+        producer = bare_producer()
+        sent = asyncio.get_running_loop().create_future()
+        producer.send_soon(sent)
+        order: list[str] = []
+
+        async def ack_later() -> None:
+            await asyncio.sleep(0.3)
+            order.append("acked")
+            sent.set_result(None)
+
+        acker = asyncio.create_task(ack_later())
+        await producer.flush()
+        order.append("flushed")
+        await acker
+        return order
+
+    assert asyncio.run(scenario()) == ["acked", "flushed"]
+
+
+def test_producer_flush_fails_clearly_when_the_broker_takes_nothing() -> None:
+    async def scenario() -> None:
+        producer = bare_producer()
+        producer.flush_timeout = 0.2
+        producer.send_soon(asyncio.get_running_loop().create_future())  # never acknowledged
+        await producer.flush()
+
+    with pytest.raises(transport.ProducerFlushTimeout, match="not acknowledged by the broker within"):
+        asyncio.run(scenario())
