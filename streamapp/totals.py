@@ -7,9 +7,9 @@ served by :func:`local_counts`), found through Faust's table routing
 
 A query costs O(partitions x values): each owner reads its partitions' stored
 counts, nobody scans entries. A partition whose owner does not answer (killed,
-still recovering) is read from this worker's standby replica when it holds
-one; a partition nobody can answer for is reported missing, and the pages
-answer 503 rather than a short count.
+still recovering) is read from a standby replica, this worker's or a peer's;
+a partition nobody can answer for is reported missing, and the pages answer
+503 rather than a short count.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Totals:
     """Counts over the partitions that could be read, and where each came from."""
 
     counts: Counter[Any]
-    sources: dict[int, str]  # partition -> "local", "standby" or the owner's URL
+    sources: dict[int, str]  # partition -> "local", the owner's URL, "standby" (here) or "standby <URL>"
     missing: list[int]
 
     @property
@@ -82,11 +82,11 @@ def decode_partition_counts(data: Mapping[str, Mapping[str, int]]) -> dict[int, 
 
 
 async def _ask(session: aiohttp.ClientSession, url: str, table: CollectionT, partitions: list[int],
-               timeout: float) -> dict[int, dict[bytes, int]]:
+               timeout: float, replica: str = "active") -> dict[int, dict[bytes, int]]:
     target = url.rstrip("/") + COUNTS_PATH.format(table=table.name)
+    params = {"partitions": ",".join(map(str, partitions)), "replica": replica}
     try:
-        async with session.get(target, params={"partitions": ",".join(map(str, partitions))},
-                               timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        async with session.get(target, params=params, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if response.status != 200:
                 return {}
             return decode_partition_counts((await response.json())["partitions"])
@@ -112,17 +112,24 @@ async def cluster_totals(app: AppT, table: CollectionT, session: aiohttp.ClientS
         url = str(url).rstrip("/")
         if url == me:
             continue
-        parts = sorted(p for p in topics.get(topic, ()) if p not in found)
-        if parts:
-            peers[url] = parts
-    answers = await asyncio.gather(*(_ask(session, url, table, parts, timeout) for url, parts in peers.items()))
-    for url, answer in zip(peers, answers, strict=True):
+        peers[url] = sorted(p for p in topics.get(topic, ()) if p not in found)
+    asked = {url: parts for url, parts in peers.items() if parts}
+    answers = await asyncio.gather(*(_ask(session, url, table, parts, timeout) for url, parts in asked.items()))
+    for url, answer in zip(asked, answers, strict=True):
         for p, counts in answer.items():
-            if p not in found and p in peers[url]:
+            if p not in found and p in asked[url]:
                 found[p], sources[p] = counts, url
+    # an owner that did not answer: a standby replica, here or on a peer
     rest = [p for p in wanted if p not in found]
     for p, counts in local_counts(app, table, rest, standby=True).items():
         found[p], sources[p] = counts, "standby"
+    rest = [p for p in wanted if p not in found]
+    if rest and peers:
+        answers = await asyncio.gather(*(_ask(session, url, table, rest, timeout, "standby") for url in peers))
+        for url, answer in zip(peers, answers, strict=True):
+            for p, counts in answer.items():
+                if p not in found and p in rest:
+                    found[p], sources[p] = counts, f"standby {url}"
     merged: Counter[bytes] = Counter()
     for counts in found.values():
         merged.update(counts)
