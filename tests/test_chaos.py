@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import time
 from collections import Counter
@@ -158,24 +159,30 @@ def standbys_match(stack) -> bool:
 
 
 def test_worker_killed_while_recovering_restarts_to_exact_counts(tmp_path):
-    """A worker killed -9 mid-recovery resumes from what it stored and ends exact."""
+    """A worker killed -9 mid-restore resumes from what it stored and ends exact."""
     stack = start_stack(tmp_path, workers=0, partitions=8)
+    entries = 600_000
     try:
-        app_id = stack.settings.app_id
-        topic = changelog_topic(app_id)
+        topic = changelog_topic(stack.settings.app_id)
         stack.broker.create_topics({topic: 8})
-        expected = asyncio.run(preload_counted(stack.broker.bootstrap, topic, partitions=8, count=150_000))
+        expected = asyncio.run(preload_counted(stack.broker.bootstrap, topic, partitions=8, count=entries))
         worker = stack.start_worker(0)
 
-        def recovering():
+        def log_lines(pattern: str) -> list[str]:
             worker.check()
-            return "Restoring state from changelog topics" in worker.log_path.read_text(errors="replace")
+            return re.findall(pattern, worker.log_path.read_text(errors="replace"))
 
-        wait_for(recovering, timeout=60, what="worker 0 to start recovering", interval=0.05)
-        assert counts_if_ready(stack, 0) is None  # not serving yet: killed mid-recovery
+        wait_for(lambda: log_lines(r"restoring images: \d+ records so far"), timeout=120,
+                 what="worker 0 to be restoring its table", interval=0.05)
+        assert counts_if_ready(stack, 0) is None  # not serving yet: killed mid-restore
         worker.signal(signal.SIGKILL)
         worker.proc.wait(10)
-        stack.start_worker(0)
+        killed_at = len(worker.log_path.read_text(errors="replace"))
+        worker = stack.start_worker(0)
         wait_for(lambda: counts_if_ready(stack, 0) == expected, timeout=240, what=f"counts {dict(expected)}")
+        # the restart read only what the killed worker had not stored
+        after = worker.log_path.read_text(errors="replace")[killed_at:]
+        (restored,) = [int(n) for n in re.findall(r"restored (\d+) records of images", after)]
+        assert 0 < restored < entries
     finally:
         stack.stop()

@@ -204,6 +204,9 @@ class Stack:
                 "WEB_BIND": HOST,
                 "WEB_HOST": HOST,
                 "APP_DATADIR": str(self.data_dir / f"worker-{index}"),
+                # log lines reach the file as they are written, so a worker
+                # killed -9 leaves its whole log (and tests can follow it)
+                "PYTHONUNBUFFERED": "1",
                 "TOPIC_PARTITIONS": str(self.config.partitions),
                 "STREAMAPP_PREDICTOR_URL": self.predictor_url,
             }
