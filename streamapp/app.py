@@ -88,6 +88,8 @@ class StreamApp(faust.App):
             # values per partition (streamapp.state); the state lives under
             # APP_DATADIR, one per worker
             store="counting://",
+            # Faust's table manager whose recovery restores in bulk first
+            TableManager="streamapp.state:TableManager",
             autodiscover=["streamapp.agents", "streamapp.views"],
             origin="streamapp",
             # a short commit interval bounds what a rebalance replays

@@ -25,6 +25,10 @@ milliseconds per image for the workers, the S3 server, the predictor, the
 broker and the bench itself, which is what bounds throughput on a small
 machine. ``--workers N`` starts N workers before the throughput run.
 
+Then the state section (:mod:`streamapp.bench_state`, stacks of its own):
+restart, fresh-worker and ``GET /digits/`` figures at ``--entries`` levels of
+preloaded counted images. ``--only pipeline`` or ``--only state`` runs one.
+
 "Counted" is the moment the tally agent set the image in the ``images``
 table: the Kafka timestamp of that table's changelog record, so no polling
 interval blurs the figures.
@@ -421,6 +425,8 @@ def sample_bytes() -> list[bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streamapp import bench_state  # it imports this module
+
     parser = argparse.ArgumentParser(prog="streamapp bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="images for throughput and ceiling (default %(default)s)")
     parser.add_argument("--rate", type=float, default=20.0, help="light-load rate, images/s (default %(default)s)")
@@ -433,27 +439,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path(".data/bench"), help="the bench's own stack (default %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--set", action="append", default=[], metavar="STREAMAPP_X=V", help="a worker setting")
+    parser.add_argument("--only", choices=("pipeline", "state"),
+                        help="one section: pipeline (startup .. predictor) or state (streamapp.bench_state); default both")
+    parser.add_argument("--entries", type=bench_state.parse_entries,
+                        default=list(bench_state.DEFAULT_ENTRIES), metavar="N,N,..",
+                        help="state section: preloaded counted images per level (default 0,100000,1000000)")
     args = parser.parse_args(argv)
     worker_settings = dict(item.split("=", 1) for item in args.set)
-    config = StackConfig(
-        data_dir=args.data_dir, web_port=free_port(), partitions=args.partitions, worker_settings=worker_settings
-    )
-    samples = sample_bytes()
-    say(f"starting the embedded stack in {args.data_dir} ...")
-    stack = Stack(config)
-    try:
-        stack.start(workers=0)
-        results = asyncio.run(run(stack, args, samples))
-    finally:
-        stack.stop()
+    results: dict[str, Any] = {}
+    if args.only != "state":
+        config = StackConfig(
+            data_dir=args.data_dir, web_port=free_port(), partitions=args.partitions, worker_settings=worker_settings
+        )
+        samples = sample_bytes()
+        say(f"starting the embedded stack in {args.data_dir} ...")
+        stack = Stack(config)
+        try:
+            stack.start(workers=0)
+            results = asyncio.run(run(stack, args, samples))
+        finally:
+            stack.stop()
+    if args.only != "pipeline":
+        results["state"] = bench_state.measure(
+            args.entries, data_dir=args.data_dir, partitions=args.partitions, worker_settings=worker_settings
+        )
+        results["state_goals"] = [
+            {"goal": name, "figures": figures, "met": met} for name, figures, met in bench_state.goals(results["state"])
+        ]
     results["settings"] = {
         "images": args.images,
         "rate": args.rate,
         "partitions": args.partitions,
         "workers": args.workers,
+        **({"entries": args.entries} if "state" in results else {}),
         **worker_settings,
     }
-    print(table(results))
+    if "pipeline" in results:
+        print(table(results))
+    if "state" in results:
+        print(bench_state.table(results["state"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         say(f"wrote {args.json}")

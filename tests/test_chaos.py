@@ -175,7 +175,7 @@ def test_worker_killed_while_recovering_restarts_to_exact_counts(tmp_path):
             worker.check()
             return re.findall(pattern, worker.log_path.read_text(errors="replace"))
 
-        wait_for(lambda: log_lines(r"restoring images: \d+ records so far"), timeout=120,
+        wait_for(lambda: log_lines(r"restoring: \d+ records so far"), timeout=120,
                  what="worker 0 to be restoring its table", interval=0.05)
         assert counts_if_ready(stack, 0) is None  # not serving yet: killed mid-restore
         worker.signal(signal.SIGKILL)
@@ -185,7 +185,7 @@ def test_worker_killed_while_recovering_restarts_to_exact_counts(tmp_path):
         wait_for(lambda: counts_if_ready(stack, 0) == expected, timeout=240, what=f"counts {dict(expected)}")
         # the restart read only what the killed worker had not stored
         after = worker.log_path.read_text(errors="replace")[killed_at:]
-        (restored,) = [int(n) for n in re.findall(r"restored (\d+) records of images", after)]
+        (restored,) = [int(n) for n in re.findall(r"restored (\d+) records", after)]
         assert 0 < restored < entries
     finally:
         stack.stop()
