@@ -32,9 +32,10 @@ from faust.types import EventT, StreamT
 
 from streamapp import transform
 from streamapp.app import app, settings
-from streamapp.batching import BatchingStream, BatchPolicy
+from streamapp.batching import BatchPolicy
 from streamapp.errors import BadInput, InvalidEvent, PredictorRejected
 from streamapp.events import Invalid, Skipped, parse_notification
+from streamapp.kafka.streams import BatchingStream
 from streamapp.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
 from streamapp.retry import retry_until_done
 
@@ -56,7 +57,7 @@ dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", 
 # -- tables -------------------------------------------------------------------
 # Partitioned like the topics they count (each worker holds only its
 # partitions), on disk in the worker's data dir, each partition's counts kept
-# beside its entries (streamapp.state). A standby replica of every partition on
+# beside its entries (streamapp.kafka.store). A standby replica of every partition on
 # another worker takes over or answers for a dead owner; it applies every
 # changelog record as it comes (standby_buffer_size=1) so it trails by none.
 

@@ -22,7 +22,7 @@ import faust
 from faust.types import TransportT
 from mode import Service, ServiceT
 
-from streamapp import transport
+from streamapp.kafka import transport
 from streamapp.predictor import PredictorClient
 from streamapp.settings import Settings
 from streamapp.storage import Storage
@@ -85,11 +85,11 @@ class StreamApp(faust.App):
             # environment; these are defaults only.
             broker="kafka://localhost:9092",
             # every table: on disk, partitioned like the stream, counting its
-            # values per partition (streamapp.state); the state lives under
+            # values per partition (streamapp.kafka.store); the state lives under
             # APP_DATADIR, one per worker
             store="counting://",
             # Faust's table manager whose recovery restores in bulk first
-            TableManager="streamapp.state:TableManager",
+            TableManager="streamapp.kafka.recovery:TableManager",
             autodiscover=["streamapp.agents", "streamapp.views"],
             origin="streamapp",
             # a short commit interval bounds what a rebalance replays
@@ -97,7 +97,7 @@ class StreamApp(faust.App):
             broker_commit_interval=0.5,
             topic_partitions=8,
             web_port=6066,
-            Stream="streamapp.batching:BatchingStream",
+            Stream="streamapp.kafka.streams:BatchingStream",
         )
         self.settings = settings
         self.storage = Storage(settings)
@@ -105,7 +105,7 @@ class StreamApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         # kafka:// (and aiokafka://) gets Faust's aiokafka driver without its
-        # rebalance faults (streamapp.transport); other schemes, such as the
+        # rebalance faults (streamapp.kafka.transport); other schemes, such as the
         # embedded broker's tansu://, resolve as Faust resolves them
         urls = self.conf.broker_consumer
         if urls[0].scheme in ("kafka", "aiokafka"):

@@ -1,28 +1,13 @@
-"""Batching of tensor records: when a batch goes to the predictor.
-
-Reads: a Faust stream of events. Writes: lists of events, each list one
-predictor request.
+"""Batching of tensor records: when a batch goes to the predictor, pure.
 
 A batch goes when it holds ``max_size`` records, or when its *oldest* record
-has waited ``max_delay`` seconds. Faust's own ``take(max, within)`` restarts
-its timer after every batch whether or not anything arrived, so at low rates
-it sends batches earlier and smaller than that; this keeps its buffering
-and acking (events are acked only after the consumer of the batch is done
-with it) and changes only the clock.
+has waited ``max_delay`` seconds. The stream that applies it is
+:class:`streamapp.kafka.streams.BatchingStream`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
-from collections.abc import AsyncGenerator
-from typing import Any, cast
-
-import faust
-from faust.streams import _tracks_buffer_agen
-from faust.types import ChannelT, EventT
-from mode.utils.futures import notify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,76 +26,3 @@ class BatchPolicy:
         if size >= self.max_size:
             return 0.0
         return max(0.0, oldest_at + self.max_delay - now)
-
-
-class BatchingStream(faust.Stream):
-    """A ``faust.Stream`` that can also batch by :class:`BatchPolicy`."""
-
-    @_tracks_buffer_agen
-    async def take_batches(self, policy: BatchPolicy) -> AsyncGenerator[list[EventT], None]:
-        events: list[EventT] = []
-        oldest_at: float | None = None
-        first = asyncio.Event()  # the buffer got its first record
-        full = asyncio.Event()  # the buffer holds max_size records
-        consumed = asyncio.Event()  # the caller is done with a full batch
-        consuming: asyncio.Future | None = None
-        stream_enable_acks = self.enable_acks
-
-        async def add_to_buffer(value: Any) -> Any:
-            nonlocal consuming, oldest_at
-            arrived_at = time.monotonic()
-            try:
-                if consuming is not None:  # a batch is being processed: wait for it
-                    try:
-                        await consuming
-                    finally:
-                        consuming = None
-                event = self.current_event
-                if event is None:
-                    raise RuntimeError("batch buffer found current_event is None")
-                if not events:
-                    oldest_at = arrived_at
-                    first.set()
-                events.append(event)
-                if len(events) >= policy.max_size:
-                    full.set()
-                    consumed.clear()
-                    await self.wait(consumed)  # never more than max_size in a batch
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.exception("Error adding to batch buffer: %r", exc)
-                await self.crash(exc)
-            return value
-
-        # the events are acked here, after the caller has processed the batch
-        self.enable_acks = False
-        self.add_processor(add_to_buffer)
-        self._enable_passive(cast(ChannelT, aiter(self.channel)))
-        try:
-            while not self.should_stop:
-                # mode reports a timeout like a stop, so the loop condition,
-                # not wait_for_stopped's result, decides whether to go on
-                left = policy.time_left(len(events), oldest_at, time.monotonic())
-                if left is None:
-                    await self.wait_for_stopped(first)
-                    continue
-                if left > 0:
-                    await self.wait_for_stopped(full, timeout=left)
-                    continue
-                consuming = self.loop.create_future()
-                batch = list(events)
-                try:
-                    yield batch
-                finally:
-                    events.clear()
-                    oldest_at = None
-                    first.clear()
-                    full.clear()
-                    for event in batch:
-                        await self.ack(event)
-                    notify(consuming)
-                    consumed.set()
-        finally:
-            self.enable_acks = stream_enable_acks
-            self._processors.remove(add_to_buffer)

@@ -89,7 +89,7 @@ MARKERS = (
     ("process_up", "[^Worker]: Starting"),
     ("joined_group", "Joined group"),
     ("assigned", "Executing _on_partitions_assigned"),
-    # the bulk restore (streamapp.state.restore), inside Faust's recovery, when one is needed
+    # the bulk restore (streamapp.kafka.recovery.restore), inside Faust's recovery, when one is needed
     ("bulk_restore_start", "from the changelogs"),
     ("bulk_restore_done", "records in "),
     ("recovery_started", "Highwater for active changelog partitions"),

@@ -1,6 +1,6 @@
 """Totals for the whole cluster: every partition's counts, from the worker that owns it.
 
-Reads: this worker's :class:`~streamapp.state.CountingStore` partitions, and
+Reads: this worker's :class:`~streamapp.kafka.store.CountingStore` partitions, and
 the other workers' over HTTP (``GET /internal/counts/<table>/?partitions=..``,
 served by :func:`local_counts`), found through Faust's table routing
 (``app.router.table_metadata``). Writes: nothing.

@@ -12,7 +12,8 @@ import time
 import faust
 import pytest
 
-from streamapp.batching import BatchingStream, BatchPolicy
+from streamapp.batching import BatchPolicy
+from streamapp.kafka.streams import BatchingStream
 
 
 class TestPolicy:

@@ -3,7 +3,8 @@
 The operator's run, as a test: images pre-uploaded, their notifications
 published at a steady rate (some twice, as a store's retry would), two
 workers on 8 partitions, each killed -9 and restarted, the predictor and S3
-down in between (and the same with one worker, killed twice). Then every
+down in between (and the same with one worker, killed twice, and with
+three, of which two are killed). Then every
 image must be archived under its digit and counted exactly once, by every
 worker alike, within seconds of the stream draining. ``STREAMAPP_CHAOS_IMAGES`` and ``STREAMAPP_CHAOS_RATE`` scale it.
 And a worker killed -9 while it recovers its tables restarts to exact counts.
@@ -100,7 +101,7 @@ async def publish_with_faults(stack, notifications: list[tuple[bytes, bytes]], s
     return done
 
 
-@pytest.mark.parametrize("workers", [2, 1])
+@pytest.mark.parametrize("workers", [2, 1, 3])
 def test_counts_exact_through_kills_outages_and_duplicates(tmp_path_factory, samples, workers):
     stack = start_stack(tmp_path_factory.mktemp("chaos"), workers=workers, partitions=8)
     try:
@@ -131,12 +132,12 @@ def test_counts_exact_through_kills_outages_and_duplicates(tmp_path_factory, sam
             raise AssertionError(f"{exc}\ntimeline: {timeline}\ncounts: {counts}\n{logs}") from None
         print(f"{workers} worker(s), {len(notifications)} notifications, faults: {timeline}; "
               f"all exact {time.monotonic() - drained:.1f}s after the last notification")
-        if workers == 2:
+        if workers > 1:
             # every standby replica holds what its active holds (none missed a record)
             try:
                 wait_for(lambda: standbys_match(stack), timeout=30, what="standby replicas to match their actives")
             except AssertionError as exc:
-                detail = {i: {r: replica_counts(stack, i, r) for r in ("active", "standby")} for i in (0, 1)}
+                detail = {i: {r: replica_counts(stack, i, r) for r in ("active", "standby")} for i in stack.workers}
                 raise AssertionError(f"{exc}\n{detail}") from None
         # archived exactly where the digit says, every image, nothing else
         archived = list_keys(stack, stack.settings.archive_bucket)
@@ -155,8 +156,9 @@ def replica_counts(stack, worker: int, replica: str) -> dict:
 
 
 def standbys_match(stack) -> bool:
-    actives = {**replica_counts(stack, 0, "active"), **replica_counts(stack, 1, "active")}
-    standbys = [replica_counts(stack, i, "standby") for i in (0, 1)]
+    workers = sorted(stack.workers)
+    actives = {p: c for i in workers for p, c in replica_counts(stack, i, "active").items()}
+    standbys = [replica_counts(stack, i, "standby") for i in workers]
     held = [p for s in standbys for p in s]
     return len(actives) == 8 and len(held) == 8 and all(actives[p] == s[p] for s in standbys for p in s)
 

@@ -36,7 +36,7 @@ from streamapp.embedded.process import ManagedProcess, free_port
 pytestmark = pytest.mark.integration
 
 APPS_DIR = Path(__file__).parent / "embedded_apps"
-ENTRY_POINT = "tansu = streamapp.embedded.tansu:Transport"
+ENTRY_POINT = "tansu = streamapp.embedded.tansu:TansuTransport"
 
 
 # -- fixtures -----------------------------------------------------------------------
@@ -194,7 +194,7 @@ def end_offsets(bootstrap: str, topic: str) -> tuple[dict[int, int], dict[int, i
             listed = await consumer.end_offsets(tps)
             thread = SimpleNamespace(_ensure_consumer=lambda: consumer)
             # the transport's own method, not just the helper it calls
-            fetched = await tansu.ConsumerThread._highwaters(thread, tps)  # type: ignore[arg-type]
+            fetched = await tansu.TansuConsumerThread._highwaters(thread, tps)  # type: ignore[arg-type]
             return {tp.partition: listed[tp] for tp in tps}, {tp.partition: fetched[tp] for tp in tps}
         finally:
             await consumer.stop()
@@ -234,7 +234,7 @@ def test_tansu_scheme_resolves_to_the_transport(transport_path: str) -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
     )
-    assert result.stdout.split() == ["streamapp.embedded.tansu", "Transport"]
+    assert result.stdout.split() == ["streamapp.embedded.tansu", "TansuTransport"]
 
 
 # -- a. end offsets -------------------------------------------------------------------------
@@ -450,7 +450,7 @@ def test_skipped_offsets_are_never_marked_processed() -> None:
     from intervaltree import IntervalTree
 
     tp = TopicPartition("t", 0)
-    for add_gap, expected in ((FaustConsumer._add_gap, 111), (tansu.Consumer._add_gap, 103)):
+    for add_gap, expected in ((FaustConsumer._add_gap, 111), (tansu.TansuConsumer._add_gap, 103)):
         state = SimpleNamespace(
             _committed_offset=defaultdict(lambda: None, {tp: 100}),
             _gap=defaultdict(IntervalTree),
@@ -470,7 +470,7 @@ def test_skipped_offsets_are_never_marked_processed() -> None:
         assert max(commits) == expected, commits
 
     # the record at the committed offset itself was dropped: Faust commits past it
-    for consumer, expected in ((FaustConsumer, 103), (tansu.Consumer, None)):
+    for consumer, expected in ((FaustConsumer, 103), (tansu.TansuConsumer, None)):
         state = SimpleNamespace(
             _committed_offset=defaultdict(lambda: None, {tp: 100}),
             _gap=defaultdict(IntervalTree),
@@ -491,7 +491,7 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, int]]:
             tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = await tansu.ConsumerThread._highwaters(SimpleNamespace(_ensure_consumer=lambda: consumer), tps)  # type: ignore[arg-type]
+            ends = await tansu.TansuConsumerThread._highwaters(SimpleNamespace(_ensure_consumer=lambda: consumer), tps)  # type: ignore[arg-type]
             records: list[tuple[bytes, int]] = []
 
             async def behind() -> bool:

@@ -9,7 +9,8 @@ import pytest
 from faust.events import Event
 from faust.types import TP, Message
 
-from streamapp.state import COUNTS_KEY, CountingStore, apply_change, decode_counts, encode_counts
+from streamapp.kafka.store import CountingStore
+from streamapp.state import COUNTS_KEY, apply_change, decode_counts, encode_counts
 from streamapp.totals import decode_partition_counts, encode_partition_counts
 
 

@@ -1,4 +1,4 @@
-"""streamapp.transport: the rebalance faults of Faust with aiokafka, without a broker.
+"""streamapp.kafka.transport: the rebalance faults of Faust with aiokafka, without a broker.
 
 Each test drives the one method of Faust's consumer that the transport
 changes, with Faust's own method beside it where the fault shows. The same
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from streamapp import transport
+from streamapp.kafka import transport
 
 
 def test_the_last_commit_is_not_skipped_for_a_commit_in_flight() -> None:
@@ -133,7 +133,7 @@ def test_workers_use_the_transport_for_kafka_urls(monkeypatch) -> None:
     for url, expected in (
         ("kafka://localhost:9092", transport.Transport),
         ("aiokafka://localhost:9092", transport.Transport),
-        ("tansu://127.0.0.1:9092", tansu.Transport),
+        ("tansu://127.0.0.1:9092", tansu.TansuTransport),
     ):
         monkeypatch.setenv("BROKER_URL", url)
         app = StreamApp(Settings())

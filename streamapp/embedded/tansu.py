@@ -9,7 +9,7 @@ scheme through the ``faust.transports`` entry point:
 
     [options.entry_points]
     faust.transports =
-        tansu = streamapp.embedded.tansu:Transport
+        tansu = streamapp.embedded.tansu:TansuTransport
 
 The work-arounds, each confined to this transport:
 
@@ -24,7 +24,7 @@ b. Group generation 0. The broker numbers the first generation 0 where Kafka
    starts at 1, and aiokafka sends LeaveGroup only for generation > 0: a
    gracefully stopped first worker stayed in the group until its session
    expired, and its successor waited 12.5-14 s instead of ~3 s.
-   :class:`GroupCoordinator` leaves the group from generation 0 too.
+   :class:`TansuGroupCoordinator` leaves the group from generation 0 too.
 c. Join delay. The broker answers a JoinGroup only after half the session
    timeout (Faust's 60 s default: ~30 s to the first message).
    :func:`worker_environment` gives workers a 2 s session, which real Kafka
@@ -46,7 +46,7 @@ e. Fetch wait. The broker holds a fetch for its full wait even when data
    meant for compacted topics), and a commit covered the dropped records.
    A short wait lands a fetch in that window often, 1.5 s rarely; real Kafka
    answers a fetch as soon as data arrives, so the race is not Tansu's.
-   :class:`Consumer` stops the flow before that seek, never marks a jump
+   :class:`TansuConsumer` stops the flow before that seek, never marks a jump
    processed (this broker neither compacts nor writes transaction markers)
    and never commits past a missing record at the committed offset (Faust
    tolerates one). Measured at 100 ms with two workers, a table and
@@ -67,7 +67,7 @@ e. Fetch wait. The broker holds a fetch for its full wait even when data
      emptied the set while a fetch waited: it returned partitions 0 and 1
      whole (offsets 0-348 and 0-407, 757 records), Faust dropped them as
      inactive, and the consumer's position stayed past them.
-     :class:`ConsumerThread` passes a view of the live set that is never
+     :class:`TansuConsumerThread` passes a view of the live set that is never
      empty as a filter, so an emptied set returns nothing.
    - Faust's rewind after every rebalance (``perform_seek``) relies on
      aiokafka's ``seek_to_committed``, which skips a partition without a
@@ -76,12 +76,12 @@ e. Fetch wait. The broker holds a fetch for its full wait even when data
      set empty, rewound to 18; 605 taken as the flow stopped before a seek,
      rewound to 251). These were not: the worker relayed from 349 and 408
      and committed past the dropped records (an earlier owner had relayed
-     0-17 of partition 1 without committing): 739 lost. :class:`Consumer`
+     0-17 of partition 1 without committing): 739 lost. :class:`TansuConsumer`
      seeks stream partitions with no commit to the log start after
      ``seek_to_committed``.
    Real Kafka would hit both: the records were prefetched before the seek,
    so the broker's fetch wait does not matter. These fixes, the stopped flow
-   before the seek and f. below are therefore in :mod:`streamapp.transport`,
+   before the seek and f. below are therefore in :mod:`streamapp.kafka.transport`,
    which ``kafka://`` workers use too; this transport builds on it, adding
    what is this broker's own (end offsets, leaving from generation 0, no
    jump marking, no commit past a missing record, exactly-once refused).
@@ -98,7 +98,7 @@ f. Commit on revocation. faust-streaming's ``Consumer.on_partitions_revoked``
    assignment is eager: every rebalance revokes everything). This is
    Faust's and transport-independent (the early drop came with
    faust-streaming PR #95; issue #502 reports duplicates after rebalances
-   on real Kafka that fit it), so the fix is in :mod:`streamapp.transport`
+   on real Kafka that fit it), so the fix is in :mod:`streamapp.kafka.transport`
    for ``kafka://`` workers as well. A graceful stop is not affected: it
    commits through ``App._stop_consumer`` and ``Consumer.on_stop``, both
    before the LeaveGroup, and the stopped worker's partitions were
@@ -111,7 +111,7 @@ f. Commit on revocation. faust-streaming's ``Consumer.on_partitions_revoked``
    ``test_two_workers_share_partitions_and_see_every_key`` does (154; its
    one failure, 470 counted of 440, fits this, though Faust logs commits
    only at debug level, so its logs cannot tell), and the survivor's whole
-   share (190, 210) with a 30 s commit interval. :class:`Consumer` drops
+   share (190, 210) with a 30 s commit interval. :class:`TansuConsumer` drops
    that bookkeeping after the handler instead, so the handler's commit
    covers everything processed; the broker accepts that commit mid-
    rebalance. After it: no replay in 4 + 6 + 3 such runs; the no-loss test
@@ -122,7 +122,7 @@ f. Commit on revocation. faust-streaming's ``Consumer.on_partitions_revoked``
    commit (at stop and at revocation alike) is skipped when a periodic
    commit is in flight, whose offsets predate the acks since (in-flight
    commits took up to 0.37 s here, flushing the changelog producer).
-   :class:`Consumer` waits for it and then commits.
+   :class:`TansuConsumer` waits for it and then commits.
 
 Not worked around (seen twice): when a member joins while the leader is
 leaving (its JoinGroup, then the leader's LeaveGroup), the broker keeps the
@@ -152,7 +152,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.enums import ProcessingGuarantee
 
-from streamapp import transport as kafka_transport
+from streamapp.kafka import transport as kafka_transport
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def worker_environment() -> dict[str, str]:
       processed since its last commit when partitions are revoked, and the
       short session makes rebalances frequent: committing every 0.5 s
       instead of 2.8 s cut the replayed work per rebalance from ~1,000 to
-      15-48 messages. (:class:`Consumer` now commits on revocation, see f.;
+      15-48 messages. (:class:`TansuConsumer` now commits on revocation, see f.;
       the interval still bounds the replay after a crash or an expired
       member.)
     - ``TANSU_FETCH_MAX_WAIT_MS=20``: the broker answers a fetch only when its
@@ -248,7 +248,7 @@ async def fetch_end_offsets(consumer: aiokafka.AIOKafkaConsumer, partitions: Ite
 # -- b. leaving the group from generation 0 -----------------------------------------
 
 
-class GroupCoordinator(_AIOKafkaGroupCoordinator):
+class TansuGroupCoordinator(_AIOKafkaGroupCoordinator):
     """aiokafka's coordinator, leaving the group from generation 0 as well."""
 
     async def _maybe_leave_group(self) -> None:
@@ -277,7 +277,7 @@ def _refuse_exactly_once(app: Any) -> None:
         )
 
 
-class ConsumerThread(kafka_transport.ConsumerThread):
+class TansuConsumerThread(kafka_transport.ConsumerThread):
     """streamapp's aiokafka consumer thread with the Tansu work-arounds."""
 
     async def on_start(self) -> None:
@@ -287,7 +287,7 @@ class ConsumerThread(kafka_transport.ConsumerThread):
         if isinstance(coordinator, _AIOKafkaGroupCoordinator):
             # created inside AIOKafkaConsumer.start(): swap in the subclass
             # rather than patching aiokafka's module globals
-            coordinator.__class__ = GroupCoordinator
+            coordinator.__class__ = TansuGroupCoordinator
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -301,16 +301,16 @@ class ConsumerThread(kafka_transport.ConsumerThread):
         return await fetch_end_offsets(self._ensure_consumer(), partitions)
 
 
-class Consumer(kafka_transport.Consumer):
-    """streamapp's consumer (:mod:`streamapp.transport`), running
-    :class:`ConsumerThread`, with the Tansu work-arounds."""
+class TansuConsumer(kafka_transport.Consumer):
+    """streamapp's consumer (:mod:`streamapp.kafka.transport`), running
+    :class:`TansuConsumerThread`, with the Tansu work-arounds."""
 
     def __init__(self, transport: Any, **kwargs: Any) -> None:
         _refuse_exactly_once(transport.app)
         super().__init__(transport, **kwargs)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        return TansuConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         # Faust marks offsets it did not see as processed, for compacted topics
@@ -336,7 +336,7 @@ class Consumer(kafka_transport.Consumer):
         return super()._new_offset(tp)
 
 
-class Producer(kafka_transport.Producer):
+class TansuProducer(kafka_transport.Producer):
     """Faust's aiokafka producer; refuses exactly-once (idempotence fails here)."""
 
     def __init__(self, transport: Any, **kwargs: Any) -> None:
@@ -344,8 +344,8 @@ class Producer(kafka_transport.Producer):
         super().__init__(transport, **kwargs)
 
 
-class Transport(kafka_transport.Transport):
+class TansuTransport(kafka_transport.Transport):
     """``tansu://``: streamapp's Kafka transport for the embedded Tansu broker."""
 
-    Consumer = Consumer
-    Producer = Producer
+    Consumer = TansuConsumer
+    Producer = TansuProducer
