@@ -12,6 +12,7 @@ read or stored by streamapp itself.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,38 @@ _PREFIX = "STREAMAPP_"
 
 def _field(env: str, default: Any, doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_value(env: str, annotation: str, raw: str) -> Any:
+    """``raw`` from variable ``env`` as the field's type (its annotation, as
+    written); ``ValueError`` naming the variable and the accepted forms."""
+    kind = annotation.replace(" | None", "").strip()
+    if kind == "str":
+        return raw
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise ValueError(f"{env}={raw!r}: expected one of {', '.join(_TRUE + _FALSE)}")
+    if kind == "int":
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError(f"{env}={raw!r}: expected a whole number, such as 8") from None
+    if kind == "float":
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"{env}={raw!r}: expected a number, such as 0.5") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{env}={raw!r}: expected a finite number")
+        return value
+    raise TypeError(f"{env}: settings of type {annotation!r} are not supported")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +102,7 @@ class Settings:
                 raw = env.get("AWS_DEFAULT_REGION")
             if raw is None or raw == "":
                 continue
-            kind = type(f.default) if f.default is not None else str
-            try:
-                values[f.name] = kind(raw)
-            except ValueError as exc:
-                raise ValueError(f"{f.metadata['env']}={raw!r}: expected {kind.__name__}") from exc
+            values[f.name] = parse_value(f.metadata["env"], str(f.type), raw)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -83,9 +112,17 @@ class Settings:
             raise ValueError(f"STREAMAPP_TRANSFORM={self.transform!r}: expected 'mnist' or 'kserve-sample'")
         if self.predictor_protocol not in ("v1", "v2"):
             raise ValueError(f"STREAMAPP_PREDICTOR_PROTOCOL={self.predictor_protocol!r}: expected 'v1' or 'v2'")
-        for name in ("batch_max_size", "preprocess_concurrency", "archive_concurrency", "max_object_bytes", "max_pixels"):
+        fields = {f.name: f.metadata["env"] for f in dataclasses.fields(self)}
+        for name in ("batch_max_size", "preprocess_concurrency", "archive_concurrency", "max_object_bytes", "max_pixels",
+                     "s3_max_connections"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"{fields[name]}={getattr(self, name)!r}: must be >= 1")
+        for name in ("batch_max_delay", "retry_initial"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{fields[name]}={getattr(self, name)!r}: must be >= 0")
+        for name in ("predictor_timeout", "retry_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{fields[name]}={getattr(self, name)!r}: must be > 0")
 
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from botocore.exceptions import ClientError
 from streamapp import errors
 from streamapp.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
 from streamapp.retry import backoff_delays, retry_until_done
-from streamapp.settings import Settings
+from streamapp.settings import Settings, parse_value
 from streamapp.storage import _map_client_error, archive_key
 from streamapp.upload import bootstrap_servers, image_files
 
@@ -50,6 +52,45 @@ def test_settings_read_the_standard_aws_variables():
 def test_settings_refuse_bad_values(name, value):
     with pytest.raises(ValueError, match=name.removeprefix("STREAMAPP_").lower() + "|" + name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("False", False), ("no", False),
+     ("off", False)],
+)
+def test_bool_settings_read_the_usual_forms(raw, expected):
+    assert parse_value("STREAMAPP_X", "bool", raw) is expected
+
+
+@pytest.mark.parametrize(
+    ("annotation", "raw", "says"),
+    [
+        ("bool", "maybe", "STREAMAPP_X='maybe': expected one of 1, true, yes, on, 0, false, no, off"),
+        ("int", "1.5", "STREAMAPP_X='1.5': expected a whole number"),
+        ("float", "fast", "STREAMAPP_X='fast': expected a number"),
+        ("float", "nan", "STREAMAPP_X='nan': expected a finite number"),
+    ],
+)
+def test_bad_setting_values_name_the_variable_and_the_accepted_forms(annotation, raw, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        parse_value("STREAMAPP_X", annotation, raw)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("STREAMAPP_BATCH_MAX_DELAY", "-1"), ("STREAMAPP_PREDICTOR_TIMEOUT", "0"), ("STREAMAPP_RETRY_MAX", "-2"),
+     ("STREAMAPP_S3_MAX_CONNECTIONS", "0")],
+)
+def test_settings_out_of_range_name_the_variable(name, value):
+    with pytest.raises(ValueError, match=f"^{name}="):
+        Settings.from_env({name: value})
+
+
+def test_every_setting_reads_its_own_default_back():
+    for field in dataclasses.fields(Settings):
+        if field.default is not None:
+            assert parse_value(field.metadata["env"], str(field.type), str(field.default)) == field.default
 
 
 def test_settings_are_frozen_and_documented():
