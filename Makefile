@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint peers clean
+.PHONY: up test unit lint peers clean
 
 up: $(STAMP)
 	$(VENV)/bin/streamapp up
@@ -13,6 +13,11 @@ up: $(STAMP)
 test: $(STAMP) peers
 	$(VENV)/bin/ruff check streamapp tests tools
 	$(VENV)/bin/python -m pytest
+
+# the quick tier: no servers, under a minute
+unit: $(STAMP)
+	$(VENV)/bin/ruff check streamapp tests tools
+	$(VENV)/bin/python -m pytest -m "not integration and not peers"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streamapp tests tools

@@ -33,7 +33,7 @@ from faust.types import EventT, StreamT
 from streamapp import transform
 from streamapp.app import app, settings
 from streamapp.batching import BatchPolicy
-from streamapp.errors import BadInput, InvalidEvent, PredictorRejected
+from streamapp.errors import BadInput, InvalidEvent, PredictorFailed, PredictorRejected, PredictorUnavailable
 from streamapp.events import Invalid, Skipped, parse_notification
 from streamapp.kafka.streams import BatchingStream
 from streamapp.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: how much of an unparseable notification a dead letter keeps
 _MAX_EVENT_TEXT = 64 * 1024
+
+#: the input that tells "the predictor fails on this batch" from "the predictor fails"
+_BLANK = np.zeros((1, 28, 28), dtype=np.float32)
 
 # -- topics -------------------------------------------------------------------
 # Keys are "bucket/key" (raw UTF-8) everywhere, so every record about one
@@ -162,9 +165,33 @@ async def preprocess(stream: StreamT[bytes]) -> None:
 
 
 async def predict_batch(batch: np.ndarray) -> list:
-    """One predictor request for the batch, retried while the predictor is down."""
+    """One predictor request for the batch, retried while the predictor is down.
+
+    A predictor that keeps answering 5xx to this batch while it says it is
+    ready, and answers a blank image, fails on the input, not for everyone:
+    after ``predictor_max_failures`` such answers this raises
+    ``PredictorFailed`` (the batch is then split). Unreachable, not ready, or
+    failing the blank image too: retried without end.
+    """
+    client = app.http.predictor
+    failures = 0
+
+    async def attempt() -> list:
+        nonlocal failures
+        try:
+            return await client.predict(batch)
+        except PredictorUnavailable as exc:
+            if exc.status is not None and exc.status >= 500 and await client.ready():
+                failures += 1
+                if failures >= settings.predictor_max_failures:
+                    await client.predict(_BLANK)  # raises PredictorUnavailable if it fails that too
+                    raise PredictorFailed(
+                        f"{exc} ({failures} times, while the predictor said it was ready and answered a blank image)"
+                    ) from exc
+            raise
+
     return await retry_until_done(
-        lambda: app.http.predictor.predict(batch),
+        attempt,
         what=f"predict {len(batch)} tensors",
         initial=settings.retry_initial,
         maximum=settings.retry_max,
@@ -174,14 +201,14 @@ async def predict_batch(batch: np.ndarray) -> list:
 async def label(events: Sequence[EventT], tensors: Sequence[np.ndarray], formed_at: float) -> None:
     """Predict ``tensors`` and send a labeled record for each event.
 
-    A 4xx answer means some input in the batch is unacceptable: the batch is
-    split in halves until the offending tensors are alone, and only those are
-    dead-lettered.
+    A 4xx answer (or 5xx that only this batch gets, ``PredictorFailed``) means
+    some input in the batch is unacceptable: the batch is split in halves
+    until the offending tensors are alone, and only those are dead-lettered.
     """
     started = time.perf_counter()
     try:
         predictions = await predict_batch(np.stack(tensors))
-    except PredictorRejected as exc:
+    except (PredictorRejected, PredictorFailed) as exc:
         if len(events) == 1:
             record: TensorRecord = events[0].value
             await send_dead_letter("inference", exc, events[0], image=record.image)

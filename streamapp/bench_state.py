@@ -44,7 +44,7 @@ from the worker's log, whose lines carry millisecond timestamps, so the table
 shows where the time of a start goes.
 
 Why one stack per level rather than one stack growing N: the embedded broker
-keeps every record in memory and never compacts (/work/shared/BROKER.md), so
+keeps every record in memory and never compacts (docs/DESIGN.md, "State"), so
 a growing stack would carry the earlier levels' records and groups into the
 later ones. A stack per level starts each N from nothing: its changelog holds
 exactly N records, the broker's memory is that of N, no member of an earlier

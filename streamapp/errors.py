@@ -74,6 +74,13 @@ class PredictorRejected(BadInput):
     kind = "predictor_rejected"
 
 
+class PredictorFailed(BadInput):
+    """The predictor kept failing (5xx) on this input while it said it was ready
+    and answered other inputs: the input, not the server, is the problem."""
+
+    kind = "predictor_failed"
+
+
 class InvalidTensor(BadInput):
     """A tensor record whose payload is not a 28x28 float32 tensor."""
 
@@ -92,7 +99,15 @@ class StorageUnavailable(DependencyDown):
 
 
 class PredictorUnavailable(DependencyDown):
-    """The predictor could not be reached, or answered 5xx."""
+    """The predictor could not be reached, or answered 5xx.
+
+    ``status`` is the HTTP status when it answered, None when it could not be
+    reached at all.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PredictorProtocolError(DependencyDown):

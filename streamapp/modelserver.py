@@ -336,6 +336,28 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
     return {"Allow": allow} if allow else {}
 
 
+# -- fault injection -----------------------------------------------------------
+
+
+class FailingOn:
+    """A model that raises for every batch holding an image whose pixels all equal
+    ``value``: an input the server fails on (500) while it answers every other,
+    for testing what the pipeline does with one."""
+
+    def __init__(self, model: Any, value: float) -> None:
+        self.model, self.value = model, value
+        self.name, self.version = model.name, model.version
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        flat = batch.reshape(len(batch), -1)
+        if (flat == np.float32(self.value)).all(axis=1).any():
+            raise RuntimeError(f"injected fault: an image of all {self.value!r}")
+        return self.model.predict_proba(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
 # -- the app --------------------------------------------------------------------
 
 
@@ -389,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="images per request, at most")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="request body size, at most")
     parser.add_argument("--no-executor", action="store_true", help="run the forward pass on the event loop")
+    parser.add_argument("--fail-on-value", type=float, default=None, metavar="V",
+                        help="fault injection, for tests: fail (HTTP 500) every batch holding an image whose "
+                             "pixels all equal V")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -396,6 +421,9 @@ def main(argv: list[str] | None = None) -> None:
     from streamapp.model import DigitModel  # imported here: the CLI's other commands do not need it
 
     model = DigitModel.load(args.model_path, name=args.model_name)
+    if args.fail_on_value is not None:
+        log.warning("fault injection: batches holding an image of all %r fail with HTTP 500", args.fail_on_value)
+        model = FailingOn(model, args.fail_on_value)
     app = create_app(
         model, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes, use_executor=not args.no_executor
     )

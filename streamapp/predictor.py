@@ -294,7 +294,7 @@ class PredictorClient:
             reason = _reason(raw)
             message = f"predictor answered {status} for a batch of {len(batch)}: {reason}"
             if status >= 500 or status in _NOT_THE_INPUTS_FAULT:
-                raise PredictorUnavailable(message)
+                raise PredictorUnavailable(message, status=status)
             raise PredictorRejected(message)
         if not 200 <= status < 300:
             raise PredictorProtocolError(f"predictor answered {status} to {self.predict_url}")
@@ -303,11 +303,13 @@ class PredictorClient:
         except ValueError:
             raise _fail(f"{status} with a body that is not JSON: {_short(raw[:200])}") from None
         if self.protocol == "v1":
-            return parse_v1(body, len(batch))
-        answered_id = body.get("id") if isinstance(body, dict) else None
-        if answered_id not in (None, request_id):
-            raise _fail(f"answer id {_short(answered_id)} is not the request id {request_id!r}")
-        return parse_v2(body, len(batch))
+            predictions = parse_v1(body, len(batch))
+        else:
+            answered_id = body.get("id") if isinstance(body, dict) else None
+            if answered_id not in (None, request_id):
+                raise _fail(f"answer id {_short(answered_id)} is not the request id {request_id!r}")
+            predictions = parse_v2(body, len(batch))
+        return predictions
 
     async def _post(self, data: bytes) -> tuple[int, bytes]:
         try:

@@ -81,6 +81,7 @@ class Settings:
     model_name: str = _field("STREAMAPP_MODEL_NAME", "mnist", "Model name in the predictor's URLs.")
     predictor_protocol: str = _field("STREAMAPP_PREDICTOR_PROTOCOL", "v2", "'v1' (KServe :predict) or 'v2' (Open Inference Protocol /infer).")
     predictor_timeout: float = _field("STREAMAPP_PREDICTOR_TIMEOUT", 10.0, "Seconds for one predictor request.")
+    predictor_max_failures: int = _field("STREAMAPP_PREDICTOR_MAX_FAILURES", 5, "5xx answers to one batch, while the predictor says it is ready and answers a blank image, before the batch is split and its failing input dead-lettered.")
     batch_max_size: int = _field("STREAMAPP_BATCH_MAX_SIZE", 64, "A batch goes to the predictor when it holds this many tensors ...")
     batch_max_delay: float = _field("STREAMAPP_BATCH_MAX_DELAY", 0.02, "... or when its oldest tensor has waited this many seconds.")
     # -- archive --------------------------------------------------------------
@@ -114,7 +115,7 @@ class Settings:
             raise ValueError(f"STREAMAPP_PREDICTOR_PROTOCOL={self.predictor_protocol!r}: expected 'v1' or 'v2'")
         fields = {f.name: f.metadata["env"] for f in dataclasses.fields(self)}
         for name in ("batch_max_size", "preprocess_concurrency", "archive_concurrency", "max_object_bytes", "max_pixels",
-                     "s3_max_connections"):
+                     "s3_max_connections", "predictor_max_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{fields[name]}={getattr(self, name)!r}: must be >= 1")
         for name in ("batch_max_delay", "retry_initial"):

@@ -47,11 +47,13 @@ def samples() -> list[Path]:
     return files
 
 
-def start_stack(tmp: Path, *, workers: int = 1, partitions: int = 4, **settings: str) -> Stack:
+def start_stack(tmp: Path, *, workers: int = 1, partitions: int = 4, predictor_args: list[str] | None = None,
+                **settings: str) -> Stack:
     config = StackConfig(
         data_dir=tmp,
         web_port=free_port(),
         partitions=partitions,
+        predictor_args=predictor_args or [],
         worker_settings={
             "STREAMAPP_MAX_OBJECT_BYTES": str(MAX_OBJECT_BYTES),
             "STREAMAPP_MAX_PIXELS": str(MAX_PIXELS),

@@ -18,7 +18,7 @@ def test_bench_reports_every_figure(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "streamapp", "bench", "--images", "40", "--rate", "20", "--latency-seconds", "1",
          "--baseline-images", "10", "--predictor-seconds", "0.2", "--data-dir", str(tmp_path / "stack"),
-         "--json", str(out)],
+         "--entries", "0,3000", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -44,6 +44,13 @@ def test_bench_reports_every_figure(tmp_path):
     assert positive(results["ceiling"]["cpu_ms_per_image"]["s3_server"])
     assert positive(results["ratios"]["pipeline_over_baseline"])
     assert positive(results["ratios"]["pipeline_over_ceiling"])
+    # the state section: one object per level of preloaded entries
+    assert [level["entries"] for level in results["state"]] == [0, 3000]
+    for level in results["state"]:
+        for key in ("restart_to_serving_s", "fresh_worker_to_serving_s", "get_digits_p50_ms", "get_digits_p99_ms",
+                    "rss_mb"):
+            assert positive(level[key]), (level["entries"], key)
+        assert level["get_digits_p50_ms"] <= level["get_digits_p99_ms"]
     # the table a person reads carries the same figures and the goals
     for line in ("pipeline / baseline", "pipeline / ceiling", "latency p99", "worker start to first counted",
                  "CPU per image, pipeline"):

@@ -415,3 +415,22 @@ def test_main_serves_until_sigterm(tmp_path: Path, held_out: Any) -> None:
     finally:
         server.stop()
 
+
+
+def test_fault_injection_fails_only_batches_holding_the_chosen_image():
+    from streamapp.modelserver import FailingOn
+
+    class Echo:
+        name, version = "mnist", "1"
+
+        def predict_proba(self, batch):
+            return np.full((len(batch), 10), 0.1, dtype=np.float32)
+
+    model = FailingOn(Echo(), 0.5)
+    assert model.predict_proba(np.zeros((2, 28, 28), np.float32)).shape == (2, 10)
+    mixed = np.stack([np.zeros((28, 28), np.float32), np.full((28, 28), 0.5, np.float32)])
+    with pytest.raises(RuntimeError, match="injected fault"):
+        model.predict_proba(mixed)
+    almost = np.full((1, 28, 28), 0.5, np.float32)
+    almost[0, 0, 0] = 0.0
+    assert model.predict_proba(almost).shape == (1, 10)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from streamapp.events import minio_notification
+from streamapp.records import ObjectRef, TensorRecord
 from tests.conftest import (
     digit_counts,
     http_json,
@@ -19,6 +21,7 @@ from tests.conftest import (
     read_topic,
     start_stack,
     upload_files,
+    wait_for,
 )
 from tests.test_pipeline import tricky_copies, wait_counts
 
@@ -122,3 +125,29 @@ def takeover_report(stack, labels: Counter) -> str:
     lines.append(stack.workers[1].log_tail(60))
     return "\n".join(lines)
 
+
+
+def test_an_input_the_predictor_fails_on_is_dead_lettered_while_the_rest_flows(tmp_path, samples):
+    """The real model server, made to answer 500 for one input while it answers every other."""
+    stack = start_stack(tmp_path / "stack", predictor_args=["--fail-on-value", "0.5"],
+                        STREAMAPP_PREDICTOR_MAX_FAILURES="3", STREAMAPP_RETRY_MAX="0.5")
+    try:
+        poison = ObjectRef(bucket=stack.config.input_bucket, key="poison/all-grey.png", etag="p0150")
+        record = TensorRecord.from_array(poison, np.full((28, 28), 0.5, dtype=np.float32), timings={},
+                                         received_at=time.time())
+        # a tensor whose batch the predictor fails on, first in the partition's queue
+        produce(stack, stack.settings.tensors_topic, [(poison.path.encode(), record.dumps())])
+        labels = tricky_copies(samples[:12], tmp_path, folder="around-poison")
+        upload_files(stack, [tmp_path / "around-poison"], prefix="poison/")
+        wait_counts(stack, Counter(labels.values()))
+
+        def poison_dead_letter():
+            return [r for r in read_topic(stack, stack.settings.dead_letter_topic)
+                    if (r.get("image") or {}).get("key") == poison.key]
+
+        (dead,) = wait_for(poison_dead_letter, timeout=60, what="the poison tensor's dead letter")
+        assert dead["kind"] == "predictor_failed" and dead["stage"] == "inference"
+        assert "answered 500" in dead["reason"] and "answered a blank image" in dead["reason"]
+        assert len(dead_letters_under(stack, "poison/")) == 1  # only the poison, none of the images around it
+    finally:
+        stack.stop()

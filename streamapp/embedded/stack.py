@@ -46,6 +46,8 @@ class StackConfig:
     input_bucket: str = "images"
     #: STREAMAPP_* settings handed to every worker (e.g. batch size, protocol)
     worker_settings: dict[str, str] = field(default_factory=dict)
+    #: further arguments of ``streamapp predictor`` (e.g. fault injection in tests)
+    predictor_args: list[str] = field(default_factory=list)
 
 
 class Stack:
@@ -143,7 +145,7 @@ class Stack:
         self.predictor = ManagedProcess(
             "predictor",
             [sys.executable, "-m", "streamapp", "predictor", "--host", HOST, "--port", str(port),
-             "--model-name", self.settings.model_name],
+             "--model-name", self.settings.model_name, *self.config.predictor_args],
             log_path=self.logs / "predictor.log",
             # one BLAS thread: measured 2-4x faster on 2 cores than OpenBLAS's
             # own threading, which spins against the other processes
