@@ -46,6 +46,8 @@ async def restore(app: Any, behind: Mapping[TP, CountingStore], generation_id: i
         bootstrap_servers=server_list(conf.broker, 9092),
         client_id=f"{conf.broker_client_id}-restore",
         enable_auto_commit=False,
+        # a stored offset the log no longer holds (retention): from its start
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=32 * 1024 * 1024,
         fetch_max_wait_ms=20,
