@@ -1,69 +1,28 @@
-"""The worker's Kafka transport: Faust's aiokafka driver without its rebalance faults.
+"""The worker's Kafka transport: Faust's aiokafka driver without its delivery faults.
 
 Reads and writes Kafka exactly as ``faust.transport.drivers.aiokafka`` does;
 :class:`streamapp.app.StreamApp` uses it for ``kafka://`` broker URLs, and the
 embedded broker's ``tansu://`` transport (:mod:`streamapp.embedded.tansu`)
-builds on it. Five faults of faust-streaming 0.15.3 with aiokafka 0.14 lost
-or replayed records around rebalances and stops. They were found and
-measured on the embedded broker (tests/test_embedded_broker.py: two
-workers, a table, 6,000 messages, 6-8 rebalances per run; and the pipeline's
-two-worker test), but none depends on the broker:
+builds on it. Each fix answers a fault of faust-streaming 0.15.3 with aiokafka
+0.14 that lost or replayed records; how each was found and measured is in
+docs/DESIGN.md ("Faust's delivery faults"):
 
-1. An emptied partition filter. Faust hands aiokafka's fetch its live set of
-   active partitions, and aiokafka reads an empty set as "every partition".
-   Pausing the changelogs at the end of table recovery empties the set while
-   a fetch waits: the fetch returned the prefetched records of the stream
-   partitions, Faust dropped them as inactive, and the position stayed past
-   them. :class:`ConsumerThread` passes a view that is never empty as a filter.
-2. No rewind without a commit. Faust rewinds the stream partitions to their
-   committed offsets after every rebalance, which brings such dropped records
-   back; aiokafka's ``seek_to_committed`` skips a partition that has no commit
-   yet, whose next commit then covered the records: 717 and 739 of 6,000 lost
-   in 2 of 12 runs. :class:`Consumer` rewinds those to the log start (with
-   ``consumer_auto_offset_reset="earliest"``, Faust's default).
-3. A revocation commit with nothing to commit. Faust drops the revoked
-   partitions' acked offsets before the app's revocation handler waits for
-   the events in flight and commits, so every rebalance replayed what was
-   processed since the last periodic commit (42-172 messages per rebalance
-   with two workers; a worker's whole share with a 30 s interval).
-   :class:`Consumer` drops them after the handler, and the last commit before
-   a revocation or a stop waits for a periodic commit in flight instead of
-   being skipped (that one's offsets predate the acks since).
-4. A flush that gives up. Table updates go to the changelog through Faust's
-   send-soon buffer, and the consumer flushes the producer before it commits
-   the offsets of the events that made them; but the buffer's ``flush()``
-   returns as soon as no message went out within 0.1 s. On a loaded machine
-   a worker could then commit, stop, and never send its last table updates:
-   the likely cause of a two-worker takeover test that ended with every
-   image archived but fewer counted (2 of 5 full-suite runs; it did not
-   recur on demand, standalone or two at a time). And the buffer's size no
-   longer counts a message its sender task has taken but aiokafka has not
-   batched yet. :class:`Producer` flushes until every message sent soon is
-   acknowledged, within a deadline.
-
-Also: after a rebalance Faust resumes the stream partitions, seeks them and
-only then resumes flow control, which empties the agents' queues; records
-fetched in between were queued and dropped. :meth:`Consumer.perform_seek`
-stops the flow first.
-
-5. Standby records dropped at the end of recovery. Faust resumes the
-   standby changelog partitions, then (``Recovery.on_recovery_completed``)
-   seeks the stream partitions and resumes flow control, which empties the
-   changelog queue: standby records fetched in that window were dropped, and
-   the fetch position stayed past them, so the standby replica missed them
-   for good (and so did the active it later became, which resumes after its
-   last applied offset). The same window lost GlobalTable records: the
-   cause of the short counts in the operator's kill -9 runs (docs/DESIGN.md,
-   "State"). :meth:`Consumer.perform_seek` seeks every standby partition
-   back to just after its last applied record.
-6. A standby that was once active applies its records a thousand at a time.
-   Faust's recovery remembers each changelog partition's buffer size from
-   the first time it sees it (``Recovery.buffer_sizes``, never cleared): a
-   partition that was active keeps the recovery buffer (1,000 records), and
-   when it later becomes a standby, nothing flushes that buffer between
-   rebalances, so the replica trails its active by up to 999 records.
-   :meth:`Consumer.on_partitions_revoked` forgets the sizes once Faust has
-   flushed the buffers at a revocation.
+1. an emptied partition filter made a fetch return every partition
+   (:class:`ConsumerThread` passes a filter that is never empty);
+2. partitions without a commit were not rewound after a rebalance
+   (:meth:`Consumer.seek_to_committed` rewinds them to the log start);
+3. the revocation commit found nothing to commit, so every rebalance
+   replayed (:meth:`Consumer.on_partitions_revoked` drops the bookkeeping
+   after the handler; the last commit waits for one in flight);
+4. the producer's flush gave up with table writes unsent
+   (:meth:`Producer.flush` waits for every acknowledgement, within a
+   deadline); and records fetched between a seek and the flow's resume were
+   dropped (:meth:`Consumer.perform_seek` stops the flow first);
+5. standby records fetched at the end of recovery were dropped for good,
+   the cause of the short GlobalTable counts (:meth:`Consumer.perform_seek`
+   seeks the standbys back);
+6. a standby that was once active applied records 1,000 at a time
+   (:meth:`Consumer.on_partitions_revoked` forgets the buffer sizes).
 """
 
 from __future__ import annotations
