@@ -16,7 +16,10 @@ so every sink is idempotent: the archive rewrites the same key, and the tally
 cannot count an image twice. Counts per digit are derived from that set.
 
 Per-event data lives in local variables and records only; the agents share
-nothing mutable but the Faust tables, which only the tally agents write.
+nothing mutable but the Faust tables, which only the tally agents write, and
+the worker's counters. :class:`Pipeline` builds all of it on the app it is
+given (:func:`streamapp.app.create_app`): nothing here exists before an app
+does.
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from faust.types import EventT, StreamT
+from faust.types import AppT, EventT, StreamT
 
 from streamapp import transform
-from streamapp.app import app, settings
 from streamapp.batching import BatchPolicy
 from streamapp.errors import BadInput, InvalidEvent, PredictorFailed, PredictorRejected, PredictorUnavailable
 from streamapp.events import Invalid, Skipped, parse_notification
@@ -47,257 +49,266 @@ _MAX_EVENT_TEXT = 64 * 1024
 #: the input that tells "the predictor fails on this batch" from "the predictor fails"
 _BLANK = np.zeros((1, 28, 28), dtype=np.float32)
 
-# -- topics -------------------------------------------------------------------
-# Keys are "bucket/key" (raw UTF-8) everywhere, so every record about one
-# object lands on the same partition number of each topic.
+class Pipeline:
+    """The topology on one app: its topics, tables, agents and counters."""
 
-events_topic = app.topic(settings.events_topic, key_serializer="raw", value_type=bytes, value_serializer="raw")
-tensors_topic = app.topic(settings.tensors_topic, key_serializer="raw", value_type=TensorRecord)
-labeled_topic = app.topic(settings.labeled_topic, key_serializer="raw", value_type=LabeledRecord)
-archived_topic = app.topic(settings.archived_topic, key_serializer="raw", value_type=ArchivedRecord)
-dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_type=DeadLetter)
+    def __init__(self, app: AppT) -> None:
+        self.app = app
+        self.settings = settings = app.settings  # type: ignore[attr-defined]
 
-# -- tables -------------------------------------------------------------------
-# Partitioned like the topics they count (each worker holds only its
-# partitions), on disk in the worker's data dir, each partition's counts kept
-# beside its entries (streamapp.kafka.store). A standby replica of every partition on
-# another worker takes over or answers for a dead owner; it applies every
-# changelog record as it comes (standby_buffer_size=1) so it trails by none.
+        # -- topics ---------------------------------------------------------------
+        # Keys are "bucket/key" (raw UTF-8) everywhere, so every record about
+        # one object lands on the same partition number of each topic.
+        self.events_topic = app.topic(settings.events_topic, key_serializer="raw", value_type=bytes,
+                                      value_serializer="raw")
+        self.tensors_topic = app.topic(settings.tensors_topic, key_serializer="raw", value_type=TensorRecord)
+        self.labeled_topic = app.topic(settings.labeled_topic, key_serializer="raw", value_type=LabeledRecord)
+        self.archived_topic = app.topic(settings.archived_topic, key_serializer="raw", value_type=ArchivedRecord)
+        self.dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_type=DeadLetter)
 
-images = app.Table(
-    "images",
-    key_type=str,
-    value_type=int,
-    standby_buffer_size=1,
-    help="image version (bucket/key@etag) -> digit: the set the counts derive from",
-)
-dead_letters = app.Table(
-    "dead-letters",
-    key_type=str,
-    value_type=str,
-    standby_buffer_size=1,
-    help="failed input (topic:partition:offset:index:stage) -> error kind",
-)
-
-# Per-worker, in-memory, for /stats/: how this process spent its time.
-# Only ever incremented by whole numbers from one event loop thread.
-stats: Counter[str] = Counter()
-
-
-async def send_dead_letter(stage: str, error: BadInput, event: EventT, *, image: ObjectRef | None = None,
-                           raw: bytes | None = None, index: int = 0) -> None:
-    """Write one dead-letter record: what failed, where it sits in Kafka, and why."""
-    message = event.message
-    text = None
-    if raw is not None:
-        text = raw[:_MAX_EVENT_TEXT].decode("utf-8", errors="replace")
-    record = DeadLetter.now(
-        stage=stage,
-        kind=error.kind,
-        reason=str(error),
-        image=image,
-        event=text,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        index=index,
-    )
-    stats[f"dead_letter.{stage}.{error.kind}"] += 1
-    log.warning("dead letter from %s (%s): %s", stage, error.kind, error)
-    await dead_letter_topic.send(key=image.path if image else None, value=record)
-
-
-# -- 1. events -> preprocess -> tensors ----------------------------------------
-
-
-async def fetch_tensor(ref: ObjectRef, received_at: float) -> TensorRecord:
-    """GetObject (retried while S3 is down) and normalize it off the event loop."""
-    started = time.perf_counter()
-    data = await retry_until_done(
-        lambda: app.storage.get(ref),
-        what=f"GetObject s3://{ref.bucket}/{ref.key}",
-        initial=settings.retry_initial,
-        maximum=settings.retry_max,
-    )
-    fetched = time.perf_counter()
-    # decoding is CPU work that OpenCV does without the GIL: a thread keeps
-    # the loop (heartbeats, other events' downloads) responsive
-    tensor = await asyncio.to_thread(transform.to_tensor, data, mode=settings.transform, max_pixels=settings.max_pixels)
-    done = time.perf_counter()
-    timings = {"s3_get": fetched - started, "transform": done - fetched}
-    return TensorRecord.from_array(ref, tensor, timings=timings, received_at=received_at)
-
-
-@app.agent(events_topic, concurrency=settings.preprocess_concurrency)
-async def preprocess(stream: StreamT[bytes]) -> None:
-    async for event in stream.events():
-        received_at = time.time()
-        raw = event.value
-        try:
-            items = parse_notification(
-                raw, archive_bucket=settings.archive_bucket, archive_prefix=settings.archive_prefix
-            )
-        except InvalidEvent as exc:
-            await send_dead_letter("events", exc, event, raw=raw)
-            continue
-        # items: every Record of the notification, each an object to process,
-        # a skipped event (removal, tagging, test, own archive write) or an
-        # invalid record
-        for index, item in enumerate(items):
-            if isinstance(item, Skipped):
-                stats[f"skipped.{item.reason}"] += 1
-                log.debug("skipped %s: %s", item.event_name, item.reason)
-                continue
-            if isinstance(item, Invalid):
-                await send_dead_letter("events", InvalidEvent(item.reason), event, raw=raw, index=index)
-                continue
-            try:
-                record = await fetch_tensor(item, received_at)
-            except BadInput as exc:
-                await send_dead_letter("preprocess", exc, event, image=item, index=index)
-                continue
-            # record: 28x28 float32 tensor + object identity + timings
-            await tensors_topic.send(key=item.path, value=record)
-            stats["preprocessed"] += 1
-
-
-# -- 2. tensors -> infer -> labeled --------------------------------------------
-
-
-async def predict_batch(batch: np.ndarray) -> list:
-    """One predictor request for the batch, retried while the predictor is down.
-
-    A predictor that keeps answering 5xx to this batch while it says it is
-    ready, and answers a blank image, fails on the input, not for everyone:
-    after ``predictor_max_failures`` such answers this raises
-    ``PredictorFailed`` (the batch is then split). Unreachable, not ready, or
-    failing the blank image too: retried without end.
-    """
-    client = app.http.predictor
-    failures = 0
-
-    async def attempt() -> list:
-        nonlocal failures
-        try:
-            return await client.predict(batch)
-        except PredictorUnavailable as exc:
-            if exc.status is not None and exc.status >= 500 and await client.ready():
-                failures += 1
-                if failures >= settings.predictor_max_failures:
-                    await client.predict(_BLANK)  # raises PredictorUnavailable if it fails that too
-                    raise PredictorFailed(
-                        f"{exc} ({failures} times, while the predictor said it was ready and answered a blank image)"
-                    ) from exc
-            raise
-
-    return await retry_until_done(
-        attempt,
-        what=f"predict {len(batch)} tensors",
-        initial=settings.retry_initial,
-        maximum=settings.retry_max,
-    )
-
-
-async def label(events: Sequence[EventT], tensors: Sequence[np.ndarray], formed_at: float) -> None:
-    """Predict ``tensors`` and send a labeled record for each event.
-
-    A 4xx answer (or 5xx that only this batch gets, ``PredictorFailed``) means
-    some input in the batch is unacceptable: the batch is split in halves
-    until the offending tensors are alone, and only those are dead-lettered.
-    """
-    started = time.perf_counter()
-    try:
-        predictions = await predict_batch(np.stack(tensors))
-    except (PredictorRejected, PredictorFailed) as exc:
-        if len(events) == 1:
-            record: TensorRecord = events[0].value
-            await send_dead_letter("inference", exc, events[0], image=record.image)
-            return
-        half = len(events) // 2
-        await label(events[:half], tensors[:half], formed_at)
-        await label(events[half:], tensors[half:], formed_at)
-        return
-    predict_seconds = time.perf_counter() - started
-    for event, prediction in zip(events, predictions, strict=True):
-        record = event.value
-        timings = dict(record.timings)
-        # wait: from the tensor record being produced to its batch being formed
-        timings["batch_wait"] = max(0.0, formed_at - event.message.timestamp)
-        timings["predict"] = predict_seconds
-        labeled = LabeledRecord(
-            image=record.image,
-            digit=prediction.digit,
-            model=settings.model_name,
-            timings=timings,
-            received_at=record.received_at,
-            probabilities=list(prediction.probabilities) if prediction.probabilities is not None else None,
+        # -- tables ---------------------------------------------------------------
+        # Partitioned like the topics they count (each worker holds only its
+        # partitions), on disk in the worker's data dir, each partition's
+        # counts kept beside its entries (streamapp.kafka.store). A standby
+        # replica of every partition on another worker takes over or answers
+        # for a dead owner; it applies every changelog record as it comes
+        # (standby_buffer_size=1) so it trails by none.
+        self.images = app.Table(
+            "images",
+            key_type=str,
+            value_type=int,
+            standby_buffer_size=1,
+            help="image version (bucket/key@etag) -> digit: the set the counts derive from",
         )
-        await labeled_topic.send(key=record.image.path, value=labeled)
-    stats["labeled"] += len(events)
+        self.dead_letters = app.Table(
+            "dead-letters",
+            key_type=str,
+            value_type=str,
+            standby_buffer_size=1,
+            help="failed input (topic:partition:offset:index:stage) -> error kind",
+        )
+
+        # Per-worker, in-memory, for /stats/: how this process spent its time.
+        # Only ever incremented by whole numbers from one event loop thread.
+        self.stats: Counter[str] = Counter()
+        self.policy = BatchPolicy(settings.batch_max_size, settings.batch_max_delay)
+
+        # -- the agents, in the order data flows ------------------------------------
+        agent = app.agent
+        agent(self.events_topic, name="streamapp.agents.preprocess",
+              concurrency=settings.preprocess_concurrency)(self.preprocess)
+        agent(self.tensors_topic, name="streamapp.agents.infer")(self.infer)
+        agent(self.labeled_topic, name="streamapp.agents.archive",
+              concurrency=settings.archive_concurrency)(self.archive)
+        agent(self.archived_topic, name="streamapp.agents.tally")(self.tally)
+        agent(self.dead_letter_topic, name="streamapp.agents.tally_dead_letters")(self.tally_dead_letters)
+
+    async def send_dead_letter(self, stage: str, error: BadInput, event: EventT, *, image: ObjectRef | None = None,
+                               raw: bytes | None = None, index: int = 0) -> None:
+        """Write one dead-letter record: what failed, where it sits in Kafka, and why."""
+        message = event.message
+        text = None
+        if raw is not None:
+            text = raw[:_MAX_EVENT_TEXT].decode("utf-8", errors="replace")
+        record = DeadLetter.now(
+            stage=stage,
+            kind=error.kind,
+            reason=str(error),
+            image=image,
+            event=text,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            index=index,
+        )
+        self.stats[f"dead_letter.{stage}.{error.kind}"] += 1
+        log.warning("dead letter from %s (%s): %s", stage, error.kind, error)
+        await self.dead_letter_topic.send(key=image.path if image else None, value=record)
 
 
-policy = BatchPolicy(settings.batch_max_size, settings.batch_max_delay)
+    # -- 1. events -> preprocess -> tensors ----------------------------------------
 
 
-@app.agent(tensors_topic)
-async def infer(stream: BatchingStream) -> None:
-    # a batch goes when it holds batch_max_size tensors or its oldest has
-    # waited batch_max_delay; its events are acked after this body has run
-    async for batch in stream.take_batches(policy):
-        formed_at = time.time()
-        good_events: list[EventT] = []
-        tensors: list[np.ndarray] = []
-        for event in batch:
+    async def fetch_tensor(self, ref: ObjectRef, received_at: float) -> TensorRecord:
+        """GetObject (retried while S3 is down) and normalize it off the event loop."""
+        started = time.perf_counter()
+        data = await retry_until_done(
+            lambda: self.app.storage.get(ref),
+            what=f"GetObject s3://{ref.bucket}/{ref.key}",
+            initial=self.settings.retry_initial,
+            maximum=self.settings.retry_max,
+        )
+        fetched = time.perf_counter()
+        # decoding is CPU work that OpenCV does without the GIL: a thread keeps
+        # the loop (heartbeats, other events' downloads) responsive
+        tensor = await asyncio.to_thread(transform.to_tensor, data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
+        done = time.perf_counter()
+        timings = {"s3_get": fetched - started, "transform": done - fetched}
+        return TensorRecord.from_array(ref, tensor, timings=timings, received_at=received_at)
+
+
+    async def preprocess(self, stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            received_at = time.time()
+            raw = event.value
             try:
-                tensors.append(event.value.array())
-            except BadInput as exc:
-                await send_dead_letter("inference", exc, event, image=event.value.image)
+                items = parse_notification(
+                    raw, archive_bucket=self.settings.archive_bucket, archive_prefix=self.settings.archive_prefix
+                )
+            except InvalidEvent as exc:
+                await self.send_dead_letter("events", exc, event, raw=raw)
                 continue
-            good_events.append(event)
-        # good_events / tensors: (B,) events and their (28, 28) float32 arrays
-        if good_events:
-            await label(good_events, tensors, formed_at)
+            # items: every Record of the notification, each an object to process,
+            # a skipped event (removal, tagging, test, own archive write) or an
+            # invalid record
+            for index, item in enumerate(items):
+                if isinstance(item, Skipped):
+                    self.stats[f"skipped.{item.reason}"] += 1
+                    log.debug("skipped %s: %s", item.event_name, item.reason)
+                    continue
+                if isinstance(item, Invalid):
+                    await self.send_dead_letter("events", InvalidEvent(item.reason), event, raw=raw, index=index)
+                    continue
+                try:
+                    record = await self.fetch_tensor(item, received_at)
+                except BadInput as exc:
+                    await self.send_dead_letter("preprocess", exc, event, image=item, index=index)
+                    continue
+                # record: 28x28 float32 tensor + object identity + timings
+                await self.tensors_topic.send(key=item.path, value=record)
+                self.stats["preprocessed"] += 1
 
 
-# -- 3. labeled -> archive -> archived -----------------------------------------
+    # -- 2. tensors -> infer -> labeled --------------------------------------------
 
 
-@app.agent(labeled_topic, concurrency=settings.archive_concurrency)
-async def archive(stream: StreamT[LabeledRecord]) -> None:
-    async for event in stream.events():
-        record: LabeledRecord = event.value
+    async def predict_batch(self, batch: np.ndarray) -> list:
+        """One predictor request for the batch, retried while the predictor is down.
+
+        A predictor that keeps answering 5xx to this batch while it says it is
+        ready, and answers a blank image, fails on the input, not for everyone:
+        after ``predictor_max_failures`` such answers this raises
+        ``PredictorFailed`` (the batch is then split). Unreachable, not ready, or
+        failing the blank image too: retried without end.
+        """
+        client = self.app.http.predictor
+        failures = 0
+
+        async def attempt() -> list:
+            nonlocal failures
+            try:
+                return await client.predict(batch)
+            except PredictorUnavailable as exc:
+                if exc.status is not None and exc.status >= 500 and await client.ready():
+                    failures += 1
+                    if failures >= self.settings.predictor_max_failures:
+                        await client.predict(_BLANK)  # raises PredictorUnavailable if it fails that too
+                        raise PredictorFailed(
+                            f"{exc} ({failures} times, while the predictor said it was ready and answered a blank image)"
+                        ) from exc
+                raise
+
+        return await retry_until_done(
+            attempt,
+            what=f"predict {len(batch)} tensors",
+            initial=self.settings.retry_initial,
+            maximum=self.settings.retry_max,
+        )
+
+
+    async def label(self, events: Sequence[EventT], tensors: Sequence[np.ndarray], formed_at: float) -> None:
+        """Predict ``tensors`` and send a labeled record for each event.
+
+        A 4xx answer (or 5xx that only this batch gets, ``PredictorFailed``) means
+        some input in the batch is unacceptable: the batch is split in halves
+        until the offending tensors are alone, and only those are dead-lettered.
+        """
         started = time.perf_counter()
         try:
-            key = await retry_until_done(
-                lambda record=record: app.storage.archive(record.image, record.digit),
-                what=f"archive s3://{record.image.bucket}/{record.image.key}",
-                initial=settings.retry_initial,
-                maximum=settings.retry_max,
+            predictions = await self.predict_batch(np.stack(tensors))
+        except (PredictorRejected, PredictorFailed) as exc:
+            if len(events) == 1:
+                record: TensorRecord = events[0].value
+                await self.send_dead_letter("inference", exc, events[0], image=record.image)
+                return
+            half = len(events) // 2
+            await self.label(events[:half], tensors[:half], formed_at)
+            await self.label(events[half:], tensors[half:], formed_at)
+            return
+        predict_seconds = time.perf_counter() - started
+        for event, prediction in zip(events, predictions, strict=True):
+            record = event.value
+            timings = dict(record.timings)
+            # wait: from the tensor record being produced to its batch being formed
+            timings["batch_wait"] = max(0.0, formed_at - event.message.timestamp)
+            timings["predict"] = predict_seconds
+            labeled = LabeledRecord(
+                image=record.image,
+                digit=prediction.digit,
+                model=self.settings.model_name,
+                timings=timings,
+                received_at=record.received_at,
+                probabilities=list(prediction.probabilities) if prediction.probabilities is not None else None,
             )
-        except BadInput as exc:
-            await send_dead_letter("archive", exc, event, image=record.image)
-            continue
-        timings = dict(record.timings)
-        timings["archive"] = time.perf_counter() - started
-        archived = ArchivedRecord(
-            image=record.image, digit=record.digit, archive_key=key, timings=timings, received_at=record.received_at
-        )
-        await archived_topic.send(key=record.image.path, value=archived)
-        stats["archived"] += 1
+            await self.labeled_topic.send(key=record.image.path, value=labeled)
+        self.stats["labeled"] += len(events)
 
 
-# -- 4. archived -> tally ------------------------------------------------------
+    async def infer(self, stream: BatchingStream) -> None:
+        # a batch goes when it holds batch_max_size tensors or its oldest has
+        # waited batch_max_delay; its events are acked after this body has run
+        async for batch in stream.take_batches(self.policy):
+            formed_at = time.time()
+            good_events: list[EventT] = []
+            tensors: list[np.ndarray] = []
+            for event in batch:
+                try:
+                    tensors.append(event.value.array())
+                except BadInput as exc:
+                    await self.send_dead_letter("inference", exc, event, image=event.value.image)
+                    continue
+                good_events.append(event)
+            # good_events / tensors: (B,) events and their (28, 28) float32 arrays
+            if good_events:
+                await self.label(good_events, tensors, formed_at)
 
 
-@app.agent(archived_topic)
-async def tally(stream: StreamT[ArchivedRecord]) -> None:
-    async for record in stream:
-        # a set, not a counter: a replayed record rewrites the same key
-        images[record.image.identity] = record.digit
-        stats["counted"] += 1
+    # -- 3. labeled -> archive -> archived -----------------------------------------
 
 
-@app.agent(dead_letter_topic)
-async def tally_dead_letters(stream: StreamT[DeadLetter]) -> None:
-    async for record in stream:
-        dead_letters[record.source] = record.kind
+    async def archive(self, stream: StreamT[LabeledRecord]) -> None:
+        async for event in stream.events():
+            record: LabeledRecord = event.value
+            started = time.perf_counter()
+            try:
+                key = await retry_until_done(
+                    lambda record=record: self.app.storage.archive(record.image, record.digit),
+                    what=f"archive s3://{record.image.bucket}/{record.image.key}",
+                    initial=self.settings.retry_initial,
+                    maximum=self.settings.retry_max,
+                )
+            except BadInput as exc:
+                await self.send_dead_letter("archive", exc, event, image=record.image)
+                continue
+            timings = dict(record.timings)
+            timings["archive"] = time.perf_counter() - started
+            archived = ArchivedRecord(
+                image=record.image, digit=record.digit, archive_key=key, timings=timings, received_at=record.received_at
+            )
+            await self.archived_topic.send(key=record.image.path, value=archived)
+            self.stats["archived"] += 1
+
+
+    # -- 4. archived -> tally ------------------------------------------------------
+
+
+    async def tally(self, stream: StreamT[ArchivedRecord]) -> None:
+        async for record in stream:
+            # a set, not a counter: a replayed record rewrites the same key
+            self.images[record.image.identity] = record.digit
+            self.stats["counted"] += 1
+
+
+    async def tally_dead_letters(self, stream: StreamT[DeadLetter]) -> None:
+        async for record in stream:
+            self.dead_letters[record.source] = record.kind

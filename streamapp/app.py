@@ -7,15 +7,18 @@ and stopped after them:
 * ``app.http``: the one aiohttp session, with the predictor client on it
   (and the requests for other workers' counts, :mod:`streamapp.totals`).
 
-The topology itself is in :mod:`streamapp.agents` and the web pages in
-:mod:`streamapp.views`; Faust imports both when the worker starts
-(``autodiscover``), so importing this module connects to nothing.
+:func:`create_app` builds the whole worker from settings: the app, its
+topology (:class:`streamapp.agents.Pipeline`: topics, tables, agents,
+counters, as ``app.pipeline``) and its pages (:mod:`streamapp.views`).
+``app`` is that factory called once with the environment's settings: what
+``faust -A streamapp worker`` loads. Building it connects to nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import aiohttp
 import faust
@@ -90,7 +93,6 @@ class StreamApp(faust.App):
             store="counting://",
             # Faust's table manager whose recovery restores in bulk first
             TableManager="streamapp.kafka.recovery:TableManager",
-            autodiscover=["streamapp.agents", "streamapp.views"],
             origin="streamapp",
             # a short commit interval bounds what a rebalance replays
             # (measured: hundreds of duplicates at 2.8 s, tens at 0.5 s)
@@ -100,6 +102,7 @@ class StreamApp(faust.App):
             Stream="streamapp.kafka.streams:BatchingStream",
         )
         self.settings = settings
+        self.pipeline: Any = None  # streamapp.agents.Pipeline, set by create_app
         self.storage = Storage(settings)
         self.http = Http(settings)
 
@@ -118,5 +121,15 @@ class StreamApp(faust.App):
         return [self.storage, self.http, *super().on_init_dependencies()]
 
 
-settings = Settings.from_env()
-app = StreamApp(settings)
+def create_app(settings: Settings) -> StreamApp:
+    """A worker for ``settings``: the app with its pipeline and pages."""
+    from streamapp.agents import Pipeline  # they build on an app: imported once there is one
+    from streamapp.views import register_views
+
+    app = StreamApp(settings)
+    app.pipeline = Pipeline(app)
+    register_views(app, app.pipeline)
+    return app
+
+
+app = create_app(Settings.from_env())

@@ -20,20 +20,11 @@ from __future__ import annotations
 import time
 from importlib import resources
 
+from faust.types import AppT
 from faust.web import Request, Response, View
 
-from streamapp.agents import dead_letters, images, stats
-from streamapp.app import app, settings
+from streamapp.agents import Pipeline
 from streamapp.totals import Totals, cluster_totals, encode_partition_counts, local_counts
-
-_STARTED = time.time()
-
-
-@app.page("/")
-class Dashboard(View):
-    async def get(self, request: Request) -> Response:
-        html = resources.files("streamapp").joinpath("dashboard.html").read_text(encoding="utf-8")
-        return self.html(html)
 
 
 def unavailable(view: View, **totals: Totals) -> Response | None:
@@ -45,56 +36,65 @@ def unavailable(view: View, **totals: Totals) -> Response | None:
                                "rebalancing); retry shortly", "missing_partitions": missing}, status=503)
 
 
-@app.page("/digits/")
-class Digits(View):
-    async def get(self, request: Request) -> Response:
-        totals = await cluster_totals(app, images, app.http.session)
-        if (busy := unavailable(self, images=totals)) is not None:
-            return busy
-        return self.json({str(digit): totals.counts.get(digit, 0) for digit in range(10)})
+def register_views(app: AppT, pipeline: Pipeline) -> None:
+    """The worker's pages on ``app``, reading ``pipeline``'s tables and counters."""
+    settings = pipeline.settings
+    started = time.time()
 
+    @app.page("/")
+    class Dashboard(View):
+        async def get(self, request: Request) -> Response:
+            html = resources.files("streamapp").joinpath("dashboard.html").read_text(encoding="utf-8")
+            return self.html(html)
 
-@app.page("/stats/")
-class Stats(View):
-    async def get(self, request: Request) -> Response:
-        counted = await cluster_totals(app, images, app.http.session)
-        dead = await cluster_totals(app, dead_letters, app.http.session)
-        if (busy := unavailable(self, images=counted, dead_letters=dead)) is not None:
-            return busy
-        return self.json(
-            {
-                "images": sum(counted.counts.values()),
-                "dead_letters": sum(dead.counts.values()),
-                "dead_letters_by_kind": dict(dead.counts),
-                "worker": {
-                    "id": app.conf.id,
-                    "url": str(app.conf.canonical_url),
-                    "uptime": round(time.time() - _STARTED, 1),
-                    "counters": dict(sorted(stats.items())),
-                    "partitions": {str(p): source for p, source in sorted(counted.sources.items())},
-                },
-                "settings": {
-                    "predictor": f"{settings.predictor_url} ({settings.predictor_protocol}, model {settings.model_name})",
-                    "transform": settings.transform,
-                    "batch": f"{settings.batch_max_size} / {settings.batch_max_delay * 1000:.0f} ms",
-                    "archive": f"s3://{settings.archive_bucket}/{settings.archive_prefix}<digit>/<key>",
-                },
-            }
-        )
+    @app.page("/digits/")
+    class Digits(View):
+        async def get(self, request: Request) -> Response:
+            totals = await cluster_totals(app, pipeline.images, app.http.session)
+            if (busy := unavailable(self, images=totals)) is not None:
+                return busy
+            return self.json({str(digit): totals.counts.get(digit, 0) for digit in range(10)})
 
+    @app.page("/stats/")
+    class Stats(View):
+        async def get(self, request: Request) -> Response:
+            counted = await cluster_totals(app, pipeline.images, app.http.session)
+            dead = await cluster_totals(app, pipeline.dead_letters, app.http.session)
+            if (busy := unavailable(self, images=counted, dead_letters=dead)) is not None:
+                return busy
+            return self.json(
+                {
+                    "images": sum(counted.counts.values()),
+                    "dead_letters": sum(dead.counts.values()),
+                    "dead_letters_by_kind": dict(dead.counts),
+                    "worker": {
+                        "id": app.conf.id,
+                        "url": str(app.conf.canonical_url),
+                        "uptime": round(time.time() - started, 1),
+                        "counters": dict(sorted(pipeline.stats.items())),
+                        "partitions": {str(p): source for p, source in sorted(counted.sources.items())},
+                    },
+                    "settings": {
+                        "predictor": f"{settings.predictor_url} ({settings.predictor_protocol}, model {settings.model_name})",
+                        "transform": settings.transform,
+                        "batch": f"{settings.batch_max_size} / {settings.batch_max_delay * 1000:.0f} ms",
+                        "archive": f"s3://{settings.archive_bucket}/{settings.archive_prefix}<digit>/<key>",
+                    },
+                }
+            )
 
-@app.page("/internal/counts/{table}/")
-class PartitionCounts(View):
-    async def get(self, request: Request, table: str) -> Response:
-        tables = {images.name: images, dead_letters.name: dead_letters}
-        if table not in tables:
-            return self.json({"error": "no such table"}, status=404)
-        try:
-            wanted = [int(p) for p in request.query.get("partitions", "").split(",") if p]
-        except ValueError:
-            return self.json({"error": "partitions: a comma-separated list of numbers"}, status=400)
-        replica = request.query.get("replica", "active")
-        if replica not in ("active", "standby"):
-            return self.json({"error": "replica: 'active' or 'standby'"}, status=400)
-        counts = local_counts(app, tables[table], wanted, standby=replica == "standby")
-        return self.json({"partitions": encode_partition_counts(counts)})
+    @app.page("/internal/counts/{table}/")
+    class PartitionCounts(View):
+        async def get(self, request: Request, table: str) -> Response:
+            tables = {t.name: t for t in (pipeline.images, pipeline.dead_letters)}
+            if table not in tables:
+                return self.json({"error": "no such table"}, status=404)
+            try:
+                wanted = [int(p) for p in request.query.get("partitions", "").split(",") if p]
+            except ValueError:
+                return self.json({"error": "partitions: a comma-separated list of numbers"}, status=400)
+            replica = request.query.get("replica", "active")
+            if replica not in ("active", "standby"):
+                return self.json({"error": "replica: 'active' or 'standby'"}, status=400)
+            counts = local_counts(app, tables[table], wanted, standby=replica == "standby")
+            return self.json({"partitions": encode_partition_counts(counts)})

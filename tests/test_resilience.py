@@ -36,13 +36,28 @@ def dead_letters_under(stack, prefix: str) -> list[dict]:
     ]
 
 
+def wait_for_retries(stack, what: str, since: int) -> None:
+    """Until worker 0's log, past offset ``since``, shows ``what`` failing a third time (backing off)."""
+
+    def retried() -> bool:
+        text = stack.workers[0].log_path.read_text(errors="replace")[since:]
+        return any(what in line and "failed (attempt 3)" in line for line in text.splitlines())
+
+    wait_for(retried, timeout=60, what=f"worker 0 retrying {what}")
+
+
+def log_size(stack) -> int:
+    return len(stack.workers[0].log_path.read_text(errors="replace"))
+
+
 def test_predictor_down_then_back_loses_nothing(stack, samples, tmp_path):
     labels = tricky_copies(samples[:10], tmp_path, folder="pd")
     before = digit_counts(stack)
+    since = log_size(stack)
     stack.stop_predictor()
     try:
         upload_files(stack, [tmp_path], prefix="predictor-down/")
-        time.sleep(4)  # long enough for the worker to try and back off
+        wait_for_retries(stack, "predict", since)
         assert digit_counts(stack) == before
     finally:
         stack.start_predictor()
@@ -54,10 +69,11 @@ def test_s3_down_then_back_loses_nothing(stack, samples, tmp_path):
     labels = tricky_copies(samples[:10], tmp_path, folder="sd")
     before = digit_counts(stack)
     uploaded = upload_files(stack, [tmp_path], prefix="s3-down/", notify=False)
+    since = log_size(stack)
     stack.stop_s3()
     try:
         produce(stack, stack.settings.events_topic, [minio_notification(u.ref) for u in uploaded])
-        time.sleep(4)
+        wait_for_retries(stack, "GetObject", since)
         assert digit_counts(stack) == before
     finally:
         stack.start_s3()
