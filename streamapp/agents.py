@@ -29,6 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from faust.types import AppT, EventT, StreamT
@@ -73,20 +74,11 @@ class Pipeline:
         # replica of every partition on another worker takes over or answers
         # for a dead owner; it applies every changelog record as it comes
         # (standby_buffer_size=1) so it trails by none.
-        self.images = app.Table(
-            "images",
-            key_type=str,
-            value_type=int,
-            standby_buffer_size=1,
-            help="image version (bucket/key@etag) -> digit: the set the counts derive from",
-        )
-        self.dead_letters = app.Table(
-            "dead-letters",
-            key_type=str,
-            value_type=str,
-            standby_buffer_size=1,
-            help="failed input (topic:partition:offset:index:stage) -> error kind",
-        )
+        def counted(name: str, value_type: type, help: str) -> Any:
+            return app.Table(name, key_type=str, value_type=value_type, standby_buffer_size=1, help=help)
+
+        self.images = counted("images", int, "image version (bucket/key@etag) -> digit: the set the counts derive from")
+        self.dead_letters = counted("dead-letters", str, "failed input (topic:partition:offset:index:stage) -> error kind")
 
         # Per-worker, in-memory, for /stats/: how this process spent its time.
         # Only ever incremented by whole numbers from one event loop thread.
