@@ -106,32 +106,32 @@ async def cluster_totals(app: AppT, table: CollectionT, session: aiohttp.ClientS
     me = str(app.conf.canonical_url).rstrip("/")
     found: dict[int, Mapping[bytes, int]] = {}
     sources: dict[int, str] = {}
-    for p, counts in local_counts(app, table, wanted).items():
-        found[p], sources[p] = counts, "local"
+
+    def take(answer: Mapping[int, Mapping[bytes, int]], allowed: Iterable[int], source: str) -> None:
+        # the first answer for a partition wins: active before standby
+        for p in set(allowed) & set(answer):
+            if p not in found:
+                found[p], sources[p] = answer[p], source
+
+    take(local_counts(app, table, wanted), wanted, "local")
     # the owners of the rest, by Faust's assignment: host URL -> partitions
     peers: dict[str, list[int]] = {}
     for url, topics in app.router.table_metadata(table.name).items():
         url = str(url).rstrip("/")
-        if url == me:
-            continue
-        peers[url] = sorted(p for p in topics.get(topic, ()) if p not in found)
+        if url != me:
+            peers[url] = sorted(p for p in topics.get(topic, ()) if p not in found)
     asked = {url: parts for url, parts in peers.items() if parts}
     answers = await asyncio.gather(*(_ask(session, url, table, parts, timeout) for url, parts in asked.items()))
-    for url, answer in zip(asked, answers, strict=True):
-        for p, counts in answer.items():
-            if p not in found and p in asked[url]:
-                found[p], sources[p] = counts, url
+    for (url, parts), answer in zip(asked.items(), answers, strict=True):
+        take(answer, parts, url)
     # an owner that did not answer: a standby replica, here or on a peer
     rest = [p for p in wanted if p not in found]
-    for p, counts in local_counts(app, table, rest, standby=True).items():
-        found[p], sources[p] = counts, "standby"
+    take(local_counts(app, table, rest, standby=True), rest, "standby")
     rest = [p for p in wanted if p not in found]
     if rest and peers:
         answers = await asyncio.gather(*(_ask(session, url, table, rest, timeout, "standby") for url in peers))
         for url, answer in zip(peers, answers, strict=True):
-            for p, counts in answer.items():
-                if p not in found and p in rest:
-                    found[p], sources[p] = counts, f"standby {url}"
+            take(answer, rest, f"standby {url}")
     merged: Counter[bytes] = Counter()
     for counts in found.values():
         merged.update(counts)

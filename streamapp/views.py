@@ -17,6 +17,7 @@ rather than a short count, and readiness probes wait.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from importlib import resources
 
@@ -58,8 +59,10 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
     @app.page("/stats/")
     class Stats(View):
         async def get(self, request: Request) -> Response:
-            counted = await cluster_totals(app, pipeline.images, app.http.session)
-            dead = await cluster_totals(app, pipeline.dead_letters, app.http.session)
+            counted, dead = await asyncio.gather(
+                cluster_totals(app, pipeline.images, app.http.session),
+                cluster_totals(app, pipeline.dead_letters, app.http.session),
+            )
             if (busy := unavailable(self, images=counted, dead_letters=dead)) is not None:
                 return busy
             return self.json(

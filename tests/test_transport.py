@@ -155,11 +155,7 @@ def test_producer_flush_empties_the_send_soon_buffer() -> None:
             self.size = max(0, self.size - 1)
 
     def flushed(producer_class: type) -> int:
-        producer = object.__new__(producer_class)  # no Kafka client needed
-        producer.buffer = Buffer()  # type: ignore[attr-defined]
-        producer._producer = None
-        producer._transaction_producers = {}
-        producer._unacknowledged = set()
+        producer = bare_producer(Buffer(), producer_class)
         asyncio.run(producer.flush())
         return producer.buffer.size  # type: ignore[attr-defined]
 
@@ -167,20 +163,22 @@ def test_producer_flush_empties_the_send_soon_buffer() -> None:
     assert flushed(transport.Producer) == 0
 
 
-def bare_producer() -> transport.Producer:
-    """streamapp's producer without a Kafka client, an empty buffer, nothing sent yet."""
+class EmptyBuffer:
+    """A send-soon buffer whose sender task takes every message at once."""
 
-    class Buffer:
-        size = 0
+    size = 0
 
-        def put(self, fut: object) -> None:  # the sender task takes it at once
-            pass
+    def put(self, fut: object) -> None:
+        pass
 
-        async def flush(self) -> None:
-            pass
+    async def flush(self) -> None:
+        pass
 
-    producer = object.__new__(transport.Producer)
-    producer.buffer = Buffer()  # type: ignore[assignment]
+
+def bare_producer(buffer: object | None = None, producer_class: type = transport.Producer) -> Any:
+    """A producer without a Kafka client (nothing sent yet), on ``buffer``."""
+    producer = object.__new__(producer_class)
+    producer.buffer = buffer or EmptyBuffer()
     producer._producer = None
     producer._transaction_producers = {}
     producer._unacknowledged = set()
