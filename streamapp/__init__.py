@@ -2,7 +2,7 @@
 
 ``faust -A streamapp worker`` imports this package and reads ``app``. The app
 is built on first access (PEP 562 module ``__getattr__``), so importing a pure
-module such as ``streamapp.events`` or starting the predictor server does not
+module such as ``streamapp.pipeline.events`` or starting the predictor server does not
 pull in Faust or read the pipeline's settings.
 """
 

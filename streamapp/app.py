@@ -5,11 +5,11 @@ and stopped after them:
 
 * ``app.storage``: the one aiobotocore S3 client;
 * ``app.http``: the one aiohttp session, with the predictor client on it
-  (and the requests for other workers' counts, :mod:`streamapp.totals`).
+  (and the requests for other workers' counts, :mod:`streamapp.pipeline.totals`).
 
 :func:`create_app` builds the whole worker from settings: the app, its
-topology (:class:`streamapp.agents.Pipeline`: topics, tables, agents,
-counters, as ``app.pipeline``) and its pages (:mod:`streamapp.views`).
+topology (:class:`streamapp.pipeline.agents.Pipeline`: topics, tables, agents,
+counters, as ``app.pipeline``) and its pages (:mod:`streamapp.pipeline.views`).
 ``app`` is that factory called once with the environment's settings: what
 ``faust -A streamapp worker`` loads. Building it connects to nothing.
 """
@@ -26,9 +26,9 @@ from faust.types import TransportT
 from mode import Service, ServiceT
 
 from streamapp.kafka import transport
-from streamapp.predictor import PredictorClient
+from streamapp.pipeline.storage import Storage
+from streamapp.serving.client import PredictorClient
 from streamapp.settings import Settings
-from streamapp.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class StreamApp(faust.App):
             Stream="streamapp.kafka.streams:BatchingStream",
         )
         self.settings = settings
-        self.pipeline: Any = None  # streamapp.agents.Pipeline, set by create_app
+        self.pipeline: Any = None  # streamapp.pipeline.agents.Pipeline, set by create_app
         self.storage = Storage(settings)
         self.http = Http(settings)
 
@@ -123,8 +123,8 @@ class StreamApp(faust.App):
 
 def create_app(settings: Settings) -> StreamApp:
     """A worker for ``settings``: the app with its pipeline and pages."""
-    from streamapp.agents import Pipeline  # they build on an app: imported once there is one
-    from streamapp.views import register_views
+    from streamapp.pipeline.agents import Pipeline  # they build on an app: imported once there is one
+    from streamapp.pipeline.views import register_views
 
     app = StreamApp(settings)
     app.pipeline = Pipeline(app)

@@ -65,7 +65,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 stack.wait_worker_ready(index)
             print(f"  worker-{index}   {stack.web_url(index)}  (log: {stack.logs / f'worker-{index}.log'})")
         if args.samples:
-            from streamapp.upload import upload
+            from streamapp.tools.upload import upload
 
             os.environ.update(env)
             asyncio.run(
@@ -93,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     from streamapp.settings import Settings
-    from streamapp.upload import upload
+    from streamapp.tools.upload import upload
 
     env = dict(os.environ)
     stack_env = _stack_env(args.data_dir)
@@ -124,7 +124,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_predictor(args: argparse.Namespace, rest: list[str]) -> int:
-    from streamapp import modelserver
+    from streamapp.serving import server as modelserver
 
     return modelserver.main(rest) or 0
 
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
-    from streamapp import bench
+    from streamapp.tools import bench
 
     return bench.main(rest)
 

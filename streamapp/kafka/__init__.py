@@ -5,7 +5,7 @@ nothing. Each module here subclasses or patches private parts of those two
 libraries, for the versions named in :data:`SUPPORTED` (the same pins as
 setup.cfg); importing this package refuses any other version with a clear
 message, since an upgrade can silently change delivery. Each fix says which
-upstream behaviour it answers, and tests/test_kafka_compat.py checks that
+upstream behaviour it answers, and tests/kafka/test_compat.py checks that
 behaviour is still there, so an upgrade that fixes or changes it fails a
 test rather than the data.
 

@@ -4,7 +4,7 @@ Reads: table writes (the tally agents) and changelog records (recovery and
 standby replicas). Writes: one RocksDB database per table partition, under the
 worker's data directory (``APP_DATADIR``), through ``rocksdict``.
 
-An entry and its partition's counts (:mod:`streamapp.state`) change in one
+An entry and its partition's counts (:mod:`streamapp.pipeline.state`) change in one
 atomic write batch, so a kill -9 can never leave one without the other, and a
 worker finds its counts at start-up without scanning: reading a partition's
 counts costs O(distinct values). Registered as Faust's ``counting://`` store (a
@@ -25,7 +25,7 @@ from faust.stores import rocksdb
 from faust.streams import current_event
 from faust.types import TP, EventT
 
-from streamapp.state import COUNTS_KEY, STORE_OPTIONS, apply_change, decode_counts, encode_counts
+from streamapp.pipeline.state import COUNTS_KEY, STORE_OPTIONS, apply_change, decode_counts, encode_counts
 
 
 class CountingStore(rocksdb.Store):

@@ -1,4 +1,4 @@
-"""A Faust stream that batches by :class:`~streamapp.batching.BatchPolicy`.
+"""A Faust stream that batches by :class:`~streamapp.pipeline.batching.BatchPolicy`.
 
 Reads: a Faust stream of events. Writes: lists of events, each list one
 predictor request; the events are acked after the caller has processed the
@@ -22,7 +22,7 @@ from faust.streams import _tracks_buffer_agen
 from faust.types import ChannelT, EventT
 from mode.utils.futures import notify
 
-from streamapp.batching import BatchPolicy
+from streamapp.pipeline.batching import BatchPolicy
 
 
 class BatchingStream(faust.Stream):

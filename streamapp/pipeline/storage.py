@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mode import Service
 
 from streamapp.errors import ObjectNotFound, ObjectTooLarge, StorageUnavailable
-from streamapp.records import ObjectRef
+from streamapp.pipeline.records import ObjectRef
 from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ milliseconds per image for the workers, the S3 server, the predictor, the
 broker and the bench itself, which is what bounds throughput on a small
 machine. ``--workers N`` starts N workers before the throughput run.
 
-Then the state section (:mod:`streamapp.bench_state`, stacks of its own):
+Then the state section (:mod:`streamapp.tools.bench_state`, stacks of its own):
 restart, fresh-worker and ``GET /digits/`` figures at ``--entries`` levels of
 preloaded counted images. ``--only pipeline`` or ``--only state`` runs one.
 
@@ -51,15 +51,16 @@ import aiohttp
 import numpy as np
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streamapp import transform
+from streamapp.embedded.broker import topic_partitions
+from streamapp.embedded.notifications import minio_notification
 from streamapp.embedded.process import free_port
 from streamapp.embedded.stack import Stack, StackConfig
-from streamapp.events import minio_notification
-from streamapp.predictor import PredictorClient, encode_v1, parse_v1
-from streamapp.records import ObjectRef
-from streamapp.upload import Progress
+from streamapp.imaging.tensor import to_tensor
+from streamapp.pipeline.records import ObjectRef
+from streamapp.serving.client import PredictorClient
+from streamapp.tools.upload import Progress
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +180,7 @@ class Bench:
         found: dict[str, float] = {}
         bar = Progress(len(identities), label)
         try:
-            partitions = consumer.partitions_for_topic(self.changelog)
-            while not partitions:
-                await asyncio.sleep(0.2)
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self.changelog)
-            tps = [TopicPartition(self.changelog, p) for p in sorted(partitions)]
+            tps = await topic_partitions(self.stack.broker.bootstrap, self.changelog, timeout=timeout)
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             deadline = time.monotonic() + timeout
@@ -210,7 +206,7 @@ class Bench:
         stages: dict[str, list[float]] = {}
         seen: set[str] = set()
         try:
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            tps = await topic_partitions(self.stack.broker.bootstrap, topic)
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             idle = 0
@@ -220,9 +216,7 @@ class Bench:
                 for messages in batch.values():
                     for message in messages:
                         record = json.loads(message.value)
-                        image = record["image"]
-                        version = image.get("version_id") or image.get("etag", "")
-                        identity = f"{image['bucket']}/{image['key']}@{version}"
+                        identity = ObjectRef.from_data(record["image"]).identity
                         if identity in identities and identity not in seen:
                             seen.add(identity)
                             for stage, seconds in record["timings"].items():
@@ -297,7 +291,9 @@ class Bench:
         """The KServe sample's path: one event at a time, start to finish."""
         images = self.images("baseline", n)
         await self.put_all(images, "uploading")
-        url = f"{self.stack.predictor_url}/v1/models/{self.stack.settings.model_name}:predict"
+        # the sample's transformer calls the v1 route, one instance per request
+        client = PredictorClient(self.http, base_url=self.stack.predictor_url,
+                                 model_name=self.stack.settings.model_name, protocol="v1")
         archive = self.stack.settings.archive_bucket
         bar = Progress(n, "baseline ")
         started = time.monotonic()
@@ -305,10 +301,9 @@ class Bench:
             response = await self.s3.get_object(Bucket=self.bucket, Key=image.key)
             async with response["Body"] as body:
                 data = await body.read()
-            tensor = transform.to_tensor(data, mode="kserve-sample")
-            async with self.http.post(url, json=encode_v1(tensor[None])) as answer:
-                answer.raise_for_status()
-                digit = parse_v1(await answer.json(), 1)[0].digit
+            tensor = to_tensor(data, mode="kserve-sample")
+            (prediction,) = await client.predict(tensor[None])
+            digit = prediction.digit
             await self.s3.put_object(Bucket=archive, Key=f"baseline/{digit}/{image.key}", Body=data)
             bar.step()
         elapsed = time.monotonic() - started
@@ -352,7 +347,7 @@ class Bench:
             model_name=self.stack.settings.model_name,
             protocol=self.stack.settings.predictor_protocol,
         )
-        tensor = transform.to_tensor(self.samples[0])
+        tensor = to_tensor(self.samples[0])
         figures = {}
         for size in BATCH_SIZES:
             batch = np.repeat(tensor[None], size, axis=0)
@@ -425,7 +420,7 @@ def sample_bytes() -> list[bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamapp import bench_state  # it imports this module
+    from streamapp.tools import bench_state  # it imports this module
 
     parser = argparse.ArgumentParser(prog="streamapp bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="images for throughput and ceiling (default %(default)s)")
@@ -440,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--set", action="append", default=[], metavar="STREAMAPP_X=V", help="a worker setting")
     parser.add_argument("--only", choices=("pipeline", "state"),
-                        help="one section: pipeline (startup .. predictor) or state (streamapp.bench_state); default both")
+                        help="one section: pipeline (startup .. predictor) or state (streamapp.tools.bench_state); default both")
     parser.add_argument("--entries", type=bench_state.parse_entries,
                         default=list(bench_state.DEFAULT_ENTRIES), metavar="N,N,..",
                         help="state section: preloaded counted images per level (default 0,100000,1000000)")

@@ -1,7 +1,7 @@
 """Web pages of a worker: the counts as JSON, stats, and a live dashboard.
 
 Reads: the ``images`` and ``dead-letters`` tables' counts over every
-partition (:mod:`streamapp.totals`: this worker's own partitions, the other
+partition (:mod:`streamapp.pipeline.totals`: this worker's own partitions, the other
 workers' over HTTP) and this worker's own stats. Writes: HTTP responses.
 
     GET /           the dashboard (HTML; polls /digits/ and /stats/ each second)
@@ -24,8 +24,8 @@ from importlib import resources
 from faust.types import AppT
 from faust.web import Request, Response, View
 
-from streamapp.agents import Pipeline
-from streamapp.totals import Totals, cluster_totals, encode_partition_counts, local_counts
+from streamapp.pipeline.agents import Pipeline
+from streamapp.pipeline.totals import Totals, cluster_totals, encode_partition_counts, local_counts
 
 
 def unavailable(view: View, **totals: Totals) -> Response | None:
@@ -45,7 +45,7 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
     @app.page("/")
     class Dashboard(View):
         async def get(self, request: Request) -> Response:
-            html = resources.files("streamapp").joinpath("dashboard.html").read_text(encoding="utf-8")
+            html = resources.files("streamapp.pipeline").joinpath("dashboard.html").read_text(encoding="utf-8")
             return self.html(html)
 
     @app.page("/digits/")

@@ -22,8 +22,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiokafka import AIOKafkaProducer
 
-from streamapp.events import minio_notification
-from streamapp.records import ObjectRef
+from streamapp.embedded.notifications import minio_notification
+from streamapp.pipeline.records import ObjectRef
 
 log = logging.getLogger(__name__)
 

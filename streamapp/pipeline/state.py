@@ -5,7 +5,7 @@ tables' RocksDB store) uses these to keep, in each partition's database, how
 many keys hold each value beside the entries, in the same write batch: for
 ``images`` (image identity -> digit) the digit counts of that partition, for
 ``dead-letters`` (failed input -> kind) the counts per kind. How the counts of
-all partitions are combined for the cluster is in :mod:`streamapp.totals`;
+all partitions are combined for the cluster is in :mod:`streamapp.pipeline.totals`;
 why the state is shaped this way is in docs/DESIGN.md ("State").
 """
 

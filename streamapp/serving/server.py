@@ -1,8 +1,8 @@
 """The model server: KServe v1 and Open Inference Protocol v2 over HTTP.
 
 Reads: JSON inference requests, a batch of 28x28 tensors each (float32 in
-[0, 1], as :mod:`streamapp.transform` makes them), for the one
-:class:`streamapp.model.DigitModel` it serves.
+[0, 1], as :mod:`streamapp.imaging.tensor` makes them), for the one
+:class:`streamapp.serving.model.DigitModel` it serves.
 Writes: JSON answers: per image the digit and the ten class probabilities.
 
 Routes (``<name>`` is the model's name, ``mnist`` by default):
@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,176 +39,29 @@ import numpy as np
 from aiohttp import web
 
 from streamapp.errors import InvalidTensor
+from streamapp.serving.protocol import (
+    InvalidInput,
+    model_metadata,
+    parse_json,
+    paths,
+    v1_batch,
+    v1_response,
+    v2_batch,
+    v2_response,
+)
 
 log = logging.getLogger(__name__)
 
 #: default limits; a request past either is refused before any model work
 MAX_BATCH = 256
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a batch of 256 as JSON text is about 2-4 MB
-
-INPUT_NAME = "image"
-DIGIT_OUTPUT = "digit"
-PROBA_OUTPUT = "probabilities"
-_V2_INPUT_TYPES = ("FP32", "FP64")  # JSON carries no precision; FP64 clients are fine
-
 _MODEL = web.AppKey("model", Any)
 _LIMITS = web.AppKey("limits", dict)
 _EXECUTOR = web.AppKey("executor", Any)
 
 
-class InvalidInput(ValueError):
-    """The request is unusable as sent: answered with HTTP 400 and the reason."""
-
-
 class ModelNotFound(LookupError):
     """The URL names a model (or version) this server does not serve: HTTP 404."""
-
-
-# -- request bodies -> a (B, 28, 28) float32 batch -------------------------------
-
-
-def _reject_constant(token: str) -> float:
-    # Python's json accepts NaN/Infinity, which are not JSON; refuse them by name
-    raise InvalidInput(f"{token} is not a valid JSON number")
-
-
-def parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except InvalidInput:
-        raise
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise InvalidInput(f"body is not valid JSON: {exc}") from None
-
-
-def to_batch(values: Any, *, where: str, max_batch: int, shape: list[int] | None = None) -> np.ndarray:
-    """Nested lists of numbers -> a (B, 28, 28) float32 batch, or ``InvalidInput``.
-
-    ``shape`` (v2) is the declared tensor shape; ``values`` may then be flat
-    or nested as the spec allows. Without it (v1) each item of ``values`` is
-    one image: 784 numbers or 28 rows of 28.
-    """
-    try:
-        # no dtype here: strings, booleans, nulls and ragged lists must fail, not convert
-        array = np.asarray(values)
-    except (ValueError, TypeError):
-        raise InvalidInput(f"{where} is ragged: every image needs the same shape") from None
-    if array.dtype.kind not in "iuf":
-        raise InvalidInput(f"{where} must hold only numbers (got {_kind_name(array)})")
-    if shape is not None:
-        if array.size != math.prod(shape):
-            raise InvalidInput(f"{where} holds {array.size} values but shape {shape} needs {math.prod(shape)}")
-        if array.ndim != 1 and list(array.shape) != shape:
-            raise InvalidInput(f"{where} is nested as {list(array.shape)}, not as its shape {shape}")
-        array = array.reshape(shape)
-    if array.ndim == 2 and array.shape[1] == 784:
-        batch_size = array.shape[0]
-    elif array.ndim == 3 and array.shape[1:] == (28, 28):
-        batch_size = array.shape[0]
-    else:
-        raise InvalidInput(f"{where} has shape {list(array.shape)}, expected [B, 784] or [B, 28, 28]")
-    if batch_size == 0:
-        raise InvalidInput(f"{where} holds no images")
-    if batch_size > max_batch:
-        raise InvalidInput(f"{where} holds {batch_size} images, more than the limit of {max_batch}")
-    with np.errstate(over="ignore"):  # past float32's range becomes inf, refused just below
-        batch = array.astype(np.float32).reshape(batch_size, 28, 28)
-    if not np.isfinite(batch).all():  # e.g. 1e999, which JSON parses as infinity
-        raise InvalidInput(f"{where} holds a value that is not a finite float32")
-    low, high = float(batch.min()), float(batch.max())
-    if low < 0.0 or high > 1.0:
-        hint = " (divide 0-255 pixels by 255)" if high > 1.0 else ""
-        raise InvalidInput(f"{where} values must lie in [0, 1], found [{low:g}, {high:g}]{hint}")
-    return batch
-
-
-def _kind_name(array: np.ndarray) -> str:
-    return {"b": "booleans", "U": "strings", "S": "strings", "O": "mixed or non-numeric values"}.get(
-        array.dtype.kind, str(array.dtype)
-    )
-
-
-def v1_batch(body: Any, max_batch: int) -> np.ndarray:
-    if not isinstance(body, dict) or "instances" not in body:
-        raise InvalidInput('v1 body must be a JSON object with "instances"')
-    instances = body["instances"]
-    if not isinstance(instances, list):
-        raise InvalidInput('"instances" must be a list of images')
-    if len(instances) > max_batch:  # before converting any of them
-        raise InvalidInput(f'"instances" holds {len(instances)} images, more than the limit of {max_batch}')
-    return to_batch(instances, where='"instances"', max_batch=max_batch)
-
-
-def v2_batch(body: Any, max_batch: int) -> tuple[np.ndarray, list[str]]:
-    """The one input of a v2 request -> (batch, requested output names)."""
-    if not isinstance(body, dict):
-        raise InvalidInput("v2 body must be a JSON object")
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput('"inputs" must be a list of exactly one tensor')
-    tensor = inputs[0]
-    # the name is not checked, as MLServer and KServe's custom models do not check it
-    missing = [key for key in ("name", "shape", "datatype", "data") if key not in tensor]
-    if missing:
-        raise InvalidInput(f"input tensor lacks {', '.join(missing)}")
-    shape, datatype = tensor["shape"], tensor["datatype"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"input shape must be a list of non-negative integers, got {shape!r}")
-    if datatype not in _V2_INPUT_TYPES:
-        raise InvalidInput(f"input datatype {datatype!r} is not supported: send FP32")
-    if shape and shape[0] > max_batch:  # before touching the data
-        raise InvalidInput(f"input holds {shape[0]} images, more than the limit of {max_batch}")
-    batch = to_batch(tensor["data"], where="input data", max_batch=max_batch, shape=shape)
-    requested = body.get("outputs")
-    names: list[str] = [DIGIT_OUTPUT, PROBA_OUTPUT]
-    if requested is not None:
-        if not isinstance(requested, list) or not all(isinstance(r, dict) and "name" in r for r in requested):
-            raise InvalidInput('"outputs" must be a list of {"name": ...} objects')
-        names = [r["name"] for r in requested]
-        unknown = sorted(set(map(str, names)) - {DIGIT_OUTPUT, PROBA_OUTPUT})
-        if unknown:
-            raise InvalidInput(f"unknown outputs {unknown}: this model has {DIGIT_OUTPUT!r} and {PROBA_OUTPUT!r}")
-    return batch, names
-
-
-# -- probabilities -> response bodies ---------------------------------------------
-
-
-def _floats(row: np.ndarray) -> list[float]:
-    # shortest text that reads back as the same float32, instead of float64 noise
-    return [float(str(v)) for v in row]
-
-
-def v1_response(proba: np.ndarray) -> dict[str, Any]:
-    digits = proba.argmax(axis=1)
-    return {"predictions": [{"classes": int(d), "predictions": _floats(p)} for d, p in zip(digits, proba, strict=True)]}
-
-
-def v2_response(model: Any, proba: np.ndarray, names: list[str], request_id: str) -> dict[str, Any]:
-    batch_size = len(proba)
-    tensors = {
-        DIGIT_OUTPUT: {"name": DIGIT_OUTPUT, "shape": [batch_size], "datatype": "INT64", "data": proba.argmax(axis=1).tolist()},
-        PROBA_OUTPUT: {"name": PROBA_OUTPUT, "shape": [batch_size, 10], "datatype": "FP32", "data": _floats(proba.ravel())},
-    }
-    return {
-        "model_name": model.name,
-        "model_version": model.version,
-        "id": request_id,
-        "outputs": [tensors[name] for name in names],
-    }
-
-
-def model_metadata(model: Any) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "versions": [model.version],
-        "platform": "streamapp-numpy",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28]}],
-        "outputs": [
-            {"name": DIGIT_OUTPUT, "datatype": "INT64", "shape": [-1]},
-            {"name": PROBA_OUTPUT, "datatype": "FP32", "shape": [-1, 10]},
-        ],
-    }
 
 
 # -- handlers ----------------------------------------------------------------------
@@ -389,15 +240,17 @@ async def create_app(
     name = "{name:[^/:]+}"  # no colon: "<name>:predict" must not match the readiness route
     version = "{version}"
     app.router.add_get("/v1/models", v1_models)
-    app.router.add_get(f"/v1/models/{name}", v1_model_ready)
-    app.router.add_post(f"/v1/models/{name}:predict", v1_predict)
+    v1 = paths("v1", name)
+    app.router.add_get(v1["ready"], v1_model_ready)
+    app.router.add_post(v1["predict"], v1_predict)
     app.router.add_get("/v2", v2_server_metadata)
     app.router.add_get("/v2/health/live", v2_live)
     app.router.add_get("/v2/health/ready", v2_ready)
-    for base in (f"/v2/models/{name}", f"/v2/models/{name}/versions/{version}"):
-        app.router.add_get(base, v2_model_metadata)
-        app.router.add_get(f"{base}/ready", v2_model_ready)
-        app.router.add_post(f"{base}/infer", v2_infer)
+    for served in (name, f"{name}/versions/{version}"):
+        v2 = paths("v2", served)
+        app.router.add_get(f"/v2/models/{served}", v2_model_metadata)
+        app.router.add_get(v2["ready"], v2_model_ready)
+        app.router.add_post(v2["predict"], v2_infer)
     return app
 
 
@@ -418,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from streamapp.model import DigitModel  # imported here: the CLI's other commands do not need it
+    from streamapp.serving.model import DigitModel  # imported here: the CLI's other commands do not need it
 
     model = DigitModel.load(args.model_path, name=args.model_name)
     if args.fail_on_value is not None:

@@ -2,7 +2,7 @@
 
 The events topic is the one exception: it carries the object store's own JSON
 (MinIO, AWS S3 or EventBridge shapes, or garbage), so it is read as raw bytes
-and parsed by :mod:`streamapp.events` into :class:`ObjectRef` records; a typed
+and parsed by :mod:`streamapp.pipeline.events` into :class:`ObjectRef` records; a typed
 Faust model there would drop unparseable messages before we could
 dead-letter them.
 

@@ -72,10 +72,10 @@ from typing import Any
 
 import aiohttp
 
-from streamapp.bench import percentile, say
 from streamapp.embedded.preload import changelog_topic, preload_counted
 from streamapp.embedded.process import ServiceFailed, free_port
 from streamapp.embedded.stack import Stack, StackConfig
+from streamapp.tools.bench import percentile, say
 
 DEFAULT_ENTRIES = (0, 100_000, 1_000_000)
 GET_REQUESTS = 1000

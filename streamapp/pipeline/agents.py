@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 from faust.types import AppT, EventT, StreamT
 
-from streamapp import transform
-from streamapp.batching import BatchPolicy
 from streamapp.errors import BadInput, InvalidEvent, PredictorFailed, PredictorRejected, PredictorUnavailable
-from streamapp.events import Invalid, Skipped, parse_notification
+from streamapp.imaging.tensor import to_tensor
 from streamapp.kafka.streams import BatchingStream
-from streamapp.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
-from streamapp.retry import retry_until_done
+from streamapp.pipeline.batching import BatchPolicy
+from streamapp.pipeline.events import Invalid, Skipped, parse_notification
+from streamapp.pipeline.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
+from streamapp.pipeline.retry import retry_until_done
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,13 @@ class Pipeline:
 
         # -- the agents, in the order data flows ------------------------------------
         agent = app.agent
-        agent(self.events_topic, name="streamapp.agents.preprocess",
+        agent(self.events_topic, name="streamapp.pipeline.agents.preprocess",
               concurrency=settings.preprocess_concurrency)(self.preprocess)
-        agent(self.tensors_topic, name="streamapp.agents.infer")(self.infer)
-        agent(self.labeled_topic, name="streamapp.agents.archive",
+        agent(self.tensors_topic, name="streamapp.pipeline.agents.infer")(self.infer)
+        agent(self.labeled_topic, name="streamapp.pipeline.agents.archive",
               concurrency=settings.archive_concurrency)(self.archive)
-        agent(self.archived_topic, name="streamapp.agents.tally")(self.tally)
-        agent(self.dead_letter_topic, name="streamapp.agents.tally_dead_letters")(self.tally_dead_letters)
+        agent(self.archived_topic, name="streamapp.pipeline.agents.tally")(self.tally)
+        agent(self.dead_letter_topic, name="streamapp.pipeline.agents.tally_dead_letters")(self.tally_dead_letters)
 
     async def send_dead_letter(self, stage: str, error: BadInput, event: EventT, *, image: ObjectRef | None = None,
                                raw: bytes | None = None, index: int = 0) -> None:
@@ -133,7 +133,7 @@ class Pipeline:
         fetched = time.perf_counter()
         # decoding is CPU work that OpenCV does without the GIL: a thread keeps
         # the loop (heartbeats, other events' downloads) responsive
-        tensor = await asyncio.to_thread(transform.to_tensor, data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
+        tensor = await asyncio.to_thread(to_tensor, data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
         done = time.perf_counter()
         timings = {"s3_get": fetched - started, "transform": done - fetched}
         return TensorRecord.from_array(ref, tensor, timings=timings, received_at=received_at)

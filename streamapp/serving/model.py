@@ -3,7 +3,7 @@
 Reads: a weights file (``.npz``) written by ``tools/train_digits.py``; by
 default the one bundled at ``streamapp/assets/digits-model.npz``.
 Writes: nothing. ``DigitModel.predict_proba`` maps a batch of 28x28 tensors
-(float32 in [0, 1], white ink on black, as :mod:`streamapp.transform` makes
+(float32 in [0, 1], white ink on black, as :mod:`streamapp.imaging.tensor` makes
 them) to class probabilities.
 
 File layout (all arrays float32, BatchNorm already folded into the weights):

@@ -1,4 +1,4 @@
-"""Bucket notifications -> object references, and back (pure: no I/O).
+"""Bucket notifications -> object references (pure: no I/O).
 
 Reads: the raw value of one events-topic message, in any of the shapes an
 object store publishes:
@@ -15,7 +15,7 @@ object store publishes:
 Writes: a list with one item per record, in order (EventBridge and test events
 count as one record):
 
-* :class:`~streamapp.records.ObjectRef` -- a new object version to process;
+* :class:`~streamapp.pipeline.records.ObjectRef` -- a new object version to process;
 * :class:`Skipped` -- a record that is fine but not ours to process (removals,
   reads, tagging / retention / legal-hold changes, test events, replication,
   lifecycle, and the pipeline's own archive writes); counted, not an error;
@@ -26,10 +26,6 @@ count as one record):
 only when no record can be told apart: the message is not UTF-8, not JSON,
 not of a known schema, or its ``Records`` is not a non-empty list.
 
-:func:`minio_notification` goes the other way: the exact Kafka key and value
-MinIO's notifier would publish for an object (``streamapp upload`` stands in
-for it in front of S3 servers that have no notifications).
-
 Object keys arrive URL-encoded the way Go's ``url.QueryEscape`` and Python's
 ``quote_plus`` write them (space as ``+``, ``/`` as ``%2F``, UTF-8 bytes as
 ``%XX``); :class:`ObjectRef` always holds the decoded key.
@@ -38,24 +34,20 @@ Object keys arrive URL-encoded the way Go's ``url.QueryEscape`` and Python's
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote_plus, unquote_plus, urlsplit
+from urllib.parse import unquote_plus
 
 from streamapp.errors import InvalidEvent
-from streamapp.records import ObjectRef
+from streamapp.pipeline.records import ObjectRef
 
 __all__ = [
     "Invalid",
     "Item",
     "Skipped",
     "is_own_archive_write",
-    "minio_notification",
     "parse_notification",
 ]
 
@@ -82,10 +74,7 @@ EVENTBRIDGE_REASONS = {
     "CompleteMultipartUpload": "s3:ObjectCreated:CompleteMultipartUpload",
 }
 
-#: MinIO sends no eTag / size / content type for these (cmd/event-notification.go)
-_MINIO_REMOVED = frozenset({"s3:ObjectRemoved:Delete", "s3:ObjectRemoved:DeleteMarkerCreated", "s3:ObjectRemoved:NoOP"})
-
-_CREATED = "s3:ObjectCreated:"
+CREATED_PREFIX = "s3:ObjectCreated:"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -193,7 +182,7 @@ def _record(index: int, record: Any) -> Item:
     name = _text(record, "eventName", where)
     if not name.startswith("s3:"):
         name = "s3:" + name
-    if not name.startswith(_CREATED) or name in METADATA_ONLY:
+    if not name.startswith(CREATED_PREFIX) or name in METADATA_ONLY:
         return _skipped(name, record.get("s3"))
     s3 = _mapping(record, "s3", where)
     bucket = _text(_mapping(s3, "bucket", f"{where}.s3"), "name", f"{where}.s3.bucket")
@@ -229,7 +218,7 @@ def _eventbridge(_index: int, doc: dict[str, Any]) -> Item:
         etag=_text(obj, "etag", "detail.object", default="").strip('"'),
         version_id=_version(_text(obj, "version-id", "detail.object", default="")),
         size=_size(obj, "detail.object"),
-        event_name=EVENTBRIDGE_REASONS.get(reason, _CREATED + "*"),
+        event_name=EVENTBRIDGE_REASONS.get(reason, CREATED_PREFIX + "*"),
         event_time=_text(doc, "time", "event", default=""),
     )
 
@@ -320,104 +309,3 @@ def _show(value: Any) -> str:
     label = "null" if value is None else kind.get(type(value), type(value).__name__)
     text = text if len(text) <= 60 else text[:57] + "..."
     return text if label in {"null", "boolean"} else f"{label} {text}"
-
-
-# -- MinIO's notification, for objects we upload ourselves ------------------------
-
-
-def minio_notification(
-    obj: ObjectRef,
-    *,
-    event_name: str | None = None,
-    region: str = "",
-    endpoint: str = "http://127.0.0.1:9000",
-    content_type: str = "image/png",
-    principal_id: str = "",
-    source_ip: str = "127.0.0.1",
-    user_agent: str = "streamapp",
-    now: datetime | None = None,
-) -> tuple[bytes, bytes]:
-    """``(kafka_key, kafka_value)`` exactly as MinIO's Kafka target would publish them.
-
-    Follows MinIO's ``eventArgs.ToEvent`` and ``KafkaTarget.send``: the value is
-    ``{"EventName", "Key", "Records": [event]}`` marshalled by Go's
-    ``encoding/json`` (compact, map keys sorted, ``<>&`` escaped, UTF-8 kept),
-    the key is ``bucket/key`` unescaped. ``event_name`` defaults to
-    ``obj.event_name`` or ``s3:ObjectCreated:Put``; ``eventTime`` is
-    ``obj.event_time`` when set, else ``now`` (default: the clock) with
-    millisecond precision. ``x-amz-request-id`` and ``sequencer`` are the
-    upper-case hex nanoseconds of ``now`` as MinIO makes them; the deployment
-    id is stable per endpoint, and ``x-amz-id-2`` is the SHA-256 of the
-    server's ``host:port`` as for a single-node MinIO.
-
-    Go's ``omitempty`` drops ``size`` 0 and ``eTag`` / ``versionId`` "", so a
-    zero-byte or unknown-size object parses back with ``size`` -1.
-    """
-    name = event_name or obj.event_name or _CREATED + "Put"
-    when = (now or datetime.now(UTC)).astimezone(UTC)
-    nanos = f"{_unix_nanos(when):X}"
-    node = urlsplit(endpoint).netloc or endpoint
-    identity = {"principalId": principal_id}
-    record_object: dict[str, Any] = {"key": quote_plus(obj.key, safe="")}
-    if name not in _MINIO_REMOVED:
-        if obj.size > 0:
-            record_object["size"] = obj.size
-        if obj.etag:
-            record_object["eTag"] = obj.etag.strip('"')
-        if content_type:
-            record_object["contentType"] = content_type
-            record_object["userMetadata"] = {"content-type": content_type}
-    if obj.version_id:
-        record_object["versionId"] = obj.version_id
-    record_object["sequencer"] = nanos
-    record = {
-        "eventVersion": "2.0",
-        "eventSource": "minio:s3",
-        "awsRegion": region,
-        "eventTime": obj.event_time or _amz_time(when),
-        "eventName": name,
-        "userIdentity": identity,
-        "requestParameters": _go_map({"principalId": principal_id, "region": region, "sourceIPAddress": source_ip}),
-        "responseElements": _go_map(
-            {
-                "x-amz-request-id": nanos,
-                "x-amz-id-2": hashlib.sha256(node.encode("utf-8")).hexdigest(),
-                "x-minio-origin-endpoint": endpoint,
-                "x-minio-deployment-id": str(uuid.uuid5(uuid.NAMESPACE_URL, endpoint)),
-            }
-        ),
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "Config",
-            "bucket": {"name": obj.bucket, "ownerIdentity": identity, "arn": "arn:aws:s3:::" + obj.bucket},
-            "object": record_object,
-        },
-        "source": {"host": source_ip, "port": "", "userAgent": user_agent},
-    }
-    path = f"{obj.bucket}/{obj.key}"
-    value = {"EventName": name, "Key": path, "Records": [record]}
-    return path.encode("utf-8"), _go_json(value).encode("utf-8")
-
-
-def _go_map(values: Mapping[str, str]) -> dict[str, str]:
-    """Go marshals a map with its keys sorted."""
-    return dict(sorted(values.items()))
-
-
-def _go_json(value: Any) -> str:
-    """``json.Marshal``'s output: compact, UTF-8, with ``<``, ``>``, ``&``, U+2028/9 escaped."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return _GO_ESCAPES.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
-
-
-_GO_ESCAPES = re.compile("[<>&\u2028\u2029]")
-
-
-def _amz_time(when: datetime) -> str:
-    """MinIO's ``event.AMZTimeFormat``: ``2006-01-02T15:04:05.000Z``."""
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
-
-def _unix_nanos(when: datetime) -> int:
-    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
