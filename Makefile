@@ -29,7 +29,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 peers: $(STAMP)
-	bash tests/peers/setup_peers.sh
+	bash tests/serving/peers/setup_peers.sh
 
 clean:
 	rm -rf $(VENV) .venv-kserve .venv-mlserver .data .cache .pytest_cache .ruff_cache

@@ -26,8 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamapp.model import DigitModel
-from streamapp.transform import to_tensor
+from streamapp.imaging.tensor import to_tensor
+from streamapp.serving.model import DigitModel
 from tools import mnist_data, photos
 
 OUT = Path(__file__).resolve().parents[1] / "streamapp" / "assets" / "samples"

@@ -4,7 +4,7 @@ Reads: the MNIST training split from :mod:`tools.mnist_data` (never the
 held-out split, which is only scored once, after training).
 Writes: ``streamapp/assets/digits-model.npz`` (or ``--out``): BatchNorm folded
 into float32 weights plus a JSON ``meta`` entry, in the layout
-:mod:`streamapp.model` reads.
+:mod:`streamapp.serving.model` reads.
 
     .venv/bin/pip install torch==2.13.0        # the ``train`` extra
     .venv/bin/python -m tools.train_digits     # the bundled model; 29 min on 2 shared cores
@@ -303,7 +303,7 @@ def main() -> None:
         print(f"dev validation accuracy (ensemble): {(probs.argmax(1) == val_y).mean():.4f}")
         return
 
-    from streamapp.model import DigitModel
+    from streamapp.serving.model import DigitModel
 
     arrays: dict[str, np.ndarray] = {}
     for index, state in enumerate(states):
