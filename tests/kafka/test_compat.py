@@ -1,0 +1,115 @@
+"""streamapp.kafka: the versions it accepts, and the upstream behaviours its patches answer.
+
+Each test in the second half reads the installed Faust or aiokafka and checks
+that the behaviour a patch in streamapp/kafka/ works around, or the hook it
+relies on, is still there. An upgrade that fixes or moves it fails here, which
+is the moment to review (and perhaps drop) that patch.
+"""
+
+from __future__ import annotations
+
+import configparser
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from faust.stores import rocksdb
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+from faust.transport.producer import ProducerBuffer
+
+from streamapp import kafka
+from streamapp.kafka import recovery, transport
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- the version guard ----------------------------------------------------------------------
+
+
+def test_the_supported_versions_pass():
+    kafka.check_versions(kafka.SUPPORTED)
+
+
+@pytest.mark.parametrize(
+    "installed, named",
+    [
+        ({"faust-streaming": "0.15.4", "aiokafka": "0.14.0"}, "faust-streaming 0.15.4 (needs 0.15.3)"),
+        ({"faust-streaming": "0.15.3", "aiokafka": "0.13.0"}, "aiokafka 0.13.0 (needs 0.14.0)"),
+        ({"faust-streaming": "0.15.3"}, "aiokafka missing (needs 0.14.0)"),
+    ],
+)
+def test_other_versions_are_refused_with_what_to_do(installed, named):
+    with pytest.raises(kafka.UnsupportedVersion, match=re.escape("written for faust-streaming==0.15.3")) as refused:
+        kafka.check_versions(installed)
+    assert named in str(refused.value)
+    assert "pip install -e ." in str(refused.value)
+
+
+def test_setup_cfg_pins_the_supported_versions():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    pins = dict(line.split("==") for line in config["options"]["install_requires"].split() if "==" in line)
+    for name, version in kafka.SUPPORTED.items():
+        assert pins[name] == version, name
+
+
+# -- what the patches rely on ------------------------------------------------------------------
+
+
+def source(obj: object) -> str:
+    # mode's @Service.task wraps the coroutine function in a ServiceTask
+    return inspect.getsource(getattr(obj, "fun", obj))  # type: ignore[arg-type]
+
+
+def test_resuming_flow_still_empties_the_changelog_queue():
+    """transport 5.: the queue Faust's recovery reads is cleared when flow control resumes."""
+    assert "clear_on_resume=True" in source(TableManager.changelog_queue.fget)
+
+
+def test_recovery_still_seeks_the_streams_before_resuming_flow():
+    """transport 5.: standby records fetched between these two steps are dropped."""
+    completed = source(Recovery.on_recovery_completed)
+    assert completed.index("perform_seek()") < completed.index("self.app.flow_control.resume()")
+    assert "standby" not in completed.split("perform_seek()")[0].split("resume_partitions(")[-1]
+
+
+def test_recovery_still_never_forgets_a_partitions_buffer_size():
+    """transport 6.: Faust keeps the size a changelog partition got in its first role."""
+    module = source(inspect.getmodule(Recovery))
+    assert "buffer_sizes.clear()" not in module and "buffer_sizes.pop(" not in module
+    assert "bufsize = buffer_sizes[tp] = table.recovery_buffer_size" in source(Recovery._slurp_changelogs)
+
+
+def test_producer_buffer_size_still_counts_only_messages_not_yet_taken():
+    """transport 4.: the sender task takes a message out of the queue before it is sent."""
+    assert "self.pending._queue" in source(ProducerBuffer.size.fget)
+    handle = source(ProducerBuffer._handle_pending)
+    assert handle.index("await get_pending()") < handle.index("await send_pending(msg)")
+
+
+def test_recovery_builds_active_offsets_after_their_highwaters():
+    """recovery: the bulk restore runs in _build_offsets, which needs the actives' highwaters first."""
+    restart = source(Recovery._restart_recovery)
+    highwaters = restart.index('consumer, assigned_active_tps, active_highwaters, "active"')
+    offsets = restart.index('consumer, assigned_active_tps, active_offsets, "active"')
+    assert highwaters < offsets
+    assert list(inspect.signature(Recovery._build_offsets).parameters) == ["self", "consumer", "tps", "destination",
+                                                                          "title"]
+    assert "self._recovery = Recovery(" in source(TableManager.recovery.fget)
+    assert issubclass(recovery.TableManager, TableManager) and issubclass(recovery.Recovery, Recovery)
+
+
+def test_the_rocksdb_store_still_has_the_extension_points_the_counting_store_overrides():
+    for name in ("_set", "_del", "apply_changelog_batch", "_db_for_partition", "_visible_keys", "_visible_items",
+                 "revoke_partitions", "reset_state", "persisted_offset", "set_persisted_offset"):
+        assert callable(getattr(rocksdb.Store, name)), name
+    assert rocksdb.Store.offset_key == b"__faust\0offset__"
+    assert list(inspect.signature(rocksdb.Store.apply_changelog_batch).parameters) == ["self", "batch", "to_key",
+                                                                                      "to_value"]
+
+
+def test_every_patch_module_is_behind_the_version_guard():
+    for module in (transport, recovery):
+        assert module.__name__.startswith("streamapp.kafka.")
