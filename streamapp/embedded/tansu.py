@@ -21,7 +21,10 @@ e. a short fetch wait (``TANSU_FETCH_MAX_WAIT_MS``), since the broker holds a
    past a missing record (:class:`TansuConsumer`), since this broker neither
    compacts nor writes transaction markers;
 f. (the revocation commit: fixed for every broker in
-   :mod:`streamapp.kafka.transport`).
+   :mod:`streamapp.kafka.transport`);
+g. an idle worker's fetch wait grows (:class:`IdleFetchWait`, :class:`TansuFetcher`):
+   held for its whole wait, a 20 ms fetch costs an idle worker ~70 ms and
+   the broker ~185 ms of CPU a second.
 
 Not worked around: a member joining while the leader leaves can leave the
 group leaderless until membership changes again; restart workers one at a
@@ -32,11 +35,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
+from aiokafka.consumer.fetcher import Fetcher as _AIOKafkaFetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator as _AIOKafkaGroupCoordinator
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.fetch import FetchRequest
@@ -60,6 +65,14 @@ FETCH_WAIT_ENV = "TANSU_FETCH_MAX_WAIT_MS"
 #: through the 4 hops: p99 notification-to-counted 197 ms at 20 ms, 264 ms at
 #: 50 ms, 2.6-3.1 s at Faust's 1.5 s. Idle, it costs 50 empty fetches a second.
 FETCH_WAIT_MS = 20
+
+#: When no fetch has returned records for this long (s), the fetch wait grows
+#: toward :data:`FETCH_IDLE_WAIT_MS` (see g.)
+FETCH_IDLE_AFTER_S = 1.0
+
+#: The longest fetch wait of an idle worker (ms): the most the first record
+#: after a quiet second waits at its first hop
+FETCH_IDLE_WAIT_MS = 250
 
 #: Fetch waits tried in turn by :func:`fetch_end_offsets` (ms)
 FETCH_END_WAITS_MS = (10, 50, 200, 1000)
@@ -159,6 +172,54 @@ class TansuGroupCoordinator(_AIOKafkaGroupCoordinator):
         await super()._maybe_leave_group()
 
 
+# -- g. an idle worker polls less ------------------------------------------------------
+
+
+class IdleFetchWait:
+    """The fetch wait to ask for next: the busy wait while records come, growing
+    (doubling per empty fetch) to ``idle_ms`` once none came for ``idle_after`` s."""
+
+    def __init__(self, busy_ms: int, *, idle_ms: int = FETCH_IDLE_WAIT_MS, idle_after: float = FETCH_IDLE_AFTER_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.busy_ms, self.idle_ms, self.idle_after, self.clock = busy_ms, max(idle_ms, busy_ms), idle_after, clock
+        self.wait_ms = busy_ms
+        self.last_records = clock()
+
+    def after_fetch(self, got_records: bool) -> int:
+        now = self.clock()
+        if got_records:
+            self.last_records = now
+            self.wait_ms = self.busy_ms
+        elif now - self.last_records >= self.idle_after:
+            self.wait_ms = min(self.idle_ms, self.wait_ms * 2)
+        return self.wait_ms
+
+
+class TansuFetcher(_AIOKafkaFetcher):
+    """aiokafka's fetcher, asking for the wait :class:`IdleFetchWait` gives.
+
+    aiokafka builds each FetchRequest from ``_fetch_max_wait_ms`` and gets
+    ``True`` from ``_proc_fetch_request`` when the fetch added records
+    (aiokafka/consumer/fetcher.py; tests/kafka/test_compat.py checks both).
+    """
+
+    idle_wait: IdleFetchWait
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        got_records = await super()._proc_fetch_request(assignment, node_id, request)
+        self._fetch_max_wait_ms = self.idle_wait.after_fetch(bool(got_records))
+        return got_records
+
+
+def wait_less_when_idle(consumer: aiokafka.AIOKafkaConsumer) -> None:
+    """Make a started consumer's fetcher a :class:`TansuFetcher` (its loop reads
+    the method and the wait afresh for every fetch)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if isinstance(fetcher, _AIOKafkaFetcher) and not isinstance(fetcher, TansuFetcher):
+        fetcher.idle_wait = IdleFetchWait(fetcher._fetch_max_wait_ms)
+        fetcher.__class__ = TansuFetcher
+
+
 # -- the transport ------------------------------------------------------------------------
 
 
@@ -183,6 +244,7 @@ class TansuConsumerThread(kafka_transport.ConsumerThread):
             # created inside AIOKafkaConsumer.start(): swap in the subclass
             # rather than patching aiokafka's module globals
             coordinator.__class__ = TansuGroupCoordinator
+        wait_less_when_idle(consumer)
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -335,6 +336,47 @@ def test_two_workers_share_partitions_and_see_every_key(
         what="the takeover of every partition",
     )
     print(f"\ntakeover after a graceful stop: {time.monotonic() - stopped:.2f}s")
+
+
+def test_an_idle_consumer_waits_longer_and_a_record_brings_the_short_wait_back(broker: EmbeddedBroker) -> None:
+    """g.: held for the whole wait, idle fetches would cost CPU at the busy rate."""
+    topic = f"idle-{uuid.uuid4().hex[:8]}"
+    broker.create_topics({topic: 2})
+
+    async def scenario() -> tuple[int, int, float, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, fetch_max_wait_ms=tansu.FETCH_WAIT_MS,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = await topic_partitions(broker.bootstrap, topic)
+            consumer.assign(tps)
+            tansu.wait_less_when_idle(consumer)
+            fetcher = consumer._fetcher
+            assert isinstance(fetcher, tansu.TansuFetcher)
+            deadline = time.monotonic() + tansu.FETCH_IDLE_AFTER_S + 5
+            while fetcher._fetch_max_wait_ms < tansu.FETCH_IDLE_WAIT_MS:
+                assert time.monotonic() < deadline, f"still {fetcher._fetch_max_wait_ms} ms after idling"
+                assert not await consumer.getmany(timeout_ms=100)
+            idle_wait = fetcher._fetch_max_wait_ms
+            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+            await producer.start()
+            try:
+                sent = time.monotonic()
+                await producer.send_and_wait(topic, b"after a quiet spell", partition=0)
+            finally:
+                await producer.stop()
+            got = await consumer.getmany(timeout_ms=5000)
+            delay = time.monotonic() - sent
+            assert [m.value for ms in got.values() for m in ms] == [b"after a quiet spell"]
+            return idle_wait, fetcher._fetch_max_wait_ms, delay, len(got)
+        finally:
+            await consumer.stop()
+
+    idle_wait, after, delay, _ = asyncio.run(scenario())
+    print(f"\nidle fetch wait {idle_wait} ms; first record after idling took {delay * 1000:.0f} ms; then {after} ms")
+    assert idle_wait == tansu.FETCH_IDLE_WAIT_MS
+    assert after == tansu.FETCH_WAIT_MS
+    assert delay < 2 * tansu.FETCH_IDLE_WAIT_MS / 1000 + 0.5
 
 
 def committed_offsets(bootstrap: str, group_id: str, topic: str) -> tuple[dict[int, int | None], dict[int, int]]:

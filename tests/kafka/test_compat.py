@@ -14,12 +14,14 @@ import re
 from pathlib import Path
 
 import pytest
+from aiokafka.consumer.fetcher import Fetcher
 from faust.stores import rocksdb
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.producer import ProducerBuffer
 
 from streamapp import kafka
+from streamapp.embedded import tansu
 from streamapp.kafka import recovery, transport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +115,14 @@ def test_the_rocksdb_store_still_has_the_extension_points_the_counting_store_ove
 def test_every_patch_module_is_behind_the_version_guard():
     for module in (transport, recovery):
         assert module.__name__.startswith("streamapp.kafka.")
+
+
+def test_the_fetcher_still_reads_its_wait_for_every_request_and_says_when_records_came():
+    """embedded g.: TansuFetcher sets ``_fetch_max_wait_ms`` after each fetch from
+    what ``_proc_fetch_request`` returns (True once a fetch added records)."""
+    assert "self._fetch_max_wait_ms," in source(Fetcher._get_actions_per_node)
+    proc = source(Fetcher._proc_fetch_request)
+    assert "needs_wakeup = True" in proc and proc.rstrip().endswith("return needs_wakeup")
+    assert list(inspect.signature(Fetcher._proc_fetch_request).parameters) == ["self", "assignment", "node_id",
+                                                                              "request"]
+    assert issubclass(tansu.TansuFetcher, Fetcher)
