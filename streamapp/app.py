@@ -25,6 +25,7 @@ import faust
 from faust.types import TransportT
 from mode import Service, ServiceT
 
+from streamapp.imaging.tensor import use_one_thread
 from streamapp.kafka import transport
 from streamapp.pipeline.storage import Storage
 from streamapp.serving.client import PredictorClient
@@ -114,6 +115,10 @@ class StreamApp(faust.App):
         if urls[0].scheme in ("kafka", "aiokafka"):
             return transport.Transport(urls, self)
         return super()._new_transport()
+
+    async def on_start(self) -> None:
+        use_one_thread()
+        await super().on_start()
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # mode starts dependencies in order and stops them in reverse: the
