@@ -15,7 +15,7 @@ import logging
 
 import aiohttp
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from mode import Service
 
@@ -50,6 +50,33 @@ def _map_client_error(exc: ClientError, what: str) -> Exception:
     return StorageUnavailable(f"{what}: S3 answered {status} {code}: {exc}")
 
 
+def s3_session() -> AioSession:
+    """An aiobotocore session tuned for the pipeline's calls (the bench's S3 client uses it too)."""
+    session = get_session()
+    # botocore parses every response timestamp (LastModified ...) with
+    # dateutil; the pipeline reads none of them, so they stay strings (the AWS
+    # CLI does the same with this public hook)
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+    return session
+
+
+def s3_config(max_connections: int) -> AioConfig:
+    """Pool and timeouts for ``max_connections`` calls in flight.
+
+    botocore retries a little on its own; the unbounded backoff is ours
+    (retry.py). Checksums only where S3 requires them: the worker uploads no
+    bodies, and a corrupt download fails to decode (a dead letter) anyway.
+    """
+    return AioConfig(
+        max_pool_connections=max_connections,
+        connect_timeout=5,
+        read_timeout=30,
+        retries={"max_attempts": 2, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
 class Storage(Service):
     """Owns the aiobotocore client: opened when the worker starts, closed when it stops."""
 
@@ -60,25 +87,12 @@ class Storage(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        config = AioConfig(
-            max_pool_connections=self.settings.s3_max_connections,
-            connect_timeout=5,
-            read_timeout=30,
-            # botocore retries a little on its own; the unbounded backoff is ours
-            retries={"max_attempts": 2, "mode": "standard"},
-        )
-        session = get_session()
-        # botocore parses every response timestamp (LastModified ...) with
-        # dateutil, ~0.4 ms of the ~3 ms of client CPU a GetObject or
-        # CopyObject costs here; the pipeline reads none of them, so they stay
-        # strings (the AWS CLI does the same with this public hook)
-        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         self._client = await self._stack.enter_async_context(
-            session.create_client(
+            s3_session().create_client(
                 "s3",
                 endpoint_url=self.settings.s3_endpoint_url,
                 region_name=self.settings.s3_region,
-                config=config,
+                config=s3_config(self.settings.s3_max_connections),
             )
         )
         log.info("S3 client ready (endpoint %s)", self.settings.s3_endpoint_url or "AWS default")
