@@ -63,7 +63,6 @@ class Settings:
     events_topic: str = _field("STREAMAPP_EVENTS_TOPIC", "s3-events", "Topic the object store publishes bucket notifications to.")
     tensors_topic: str = _field("STREAMAPP_TENSORS_TOPIC", "streamapp-tensors", "Intermediate topic: preprocessed 28x28 tensors.")
     labeled_topic: str = _field("STREAMAPP_LABELED_TOPIC", "streamapp-labeled", "Intermediate topic: predictions.")
-    archived_topic: str = _field("STREAMAPP_ARCHIVED_TOPIC", "streamapp-archived", "Intermediate topic: images archived, to be counted.")
     dead_letter_topic: str = _field("STREAMAPP_DEAD_LETTER_TOPIC", "streamapp-dead-letters", "Every input the pipeline cannot process, with the reason.")
     # -- S3 ------------------------------------------------------------------
     s3_endpoint_url: str | None = _field("AWS_ENDPOINT_URL_S3", None, "S3 endpoint (MinIO, nanio); unset means AWS. AWS_ENDPOINT_URL is honoured too.")

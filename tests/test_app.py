@@ -25,7 +25,7 @@ def test_two_apps_with_other_settings_live_side_by_side():
     assert a.tables["images"] is a.pipeline.images
     assert sorted(a.agents) == sorted(b.agents) == [
         "streamapp.pipeline.agents.archive", "streamapp.pipeline.agents.infer", "streamapp.pipeline.agents.preprocess",
-        "streamapp.pipeline.agents.tally", "streamapp.pipeline.agents.tally_dead_letters",
+        "streamapp.pipeline.agents.tally_dead_letters",
     ]
 
 

@@ -100,7 +100,6 @@ class Stack:
                     self.settings.events_topic,
                     self.settings.tensors_topic,
                     self.settings.labeled_topic,
-                    self.settings.archived_topic,
                     self.settings.dead_letter_topic,
                 )
             }

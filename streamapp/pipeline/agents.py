@@ -3,8 +3,8 @@
     s3-events (raw notification JSON, keyed bucket/key)
       -> preprocess: parse, GetObject, decode + normalize      -> tensors
       -> infer: batches of tensors -> one predictor request    -> labeled
-      -> archive: server-side copy to <prefix><digit>/<key>    -> archived
-      -> tally: images[identity] = digit  (partitioned table)  -> GET /digits/
+      -> archive: server-side copy to <prefix><digit>/<key>,
+         then images[identity] = digit  (partitioned table)    -> GET /digits/
     any input that cannot be processed                         -> dead-letters
       -> tally_dead_letters: dead_letters[source] = kind       -> GET /stats/
 
@@ -16,15 +16,17 @@ so every sink is idempotent: the archive rewrites the same key, and the tally
 cannot count an image twice. Counts per digit are derived from that set.
 
 Per-event data lives in local variables and records only; the agents share
-nothing mutable but the Faust tables, which only the tally agents write, and
-the worker's counters. :class:`Pipeline` builds all of it on the app it is
+nothing mutable but the Faust tables, which only the archive and tally agents write, and
+the worker's counters. The archive agent writes the images table itself:
+the labeled topic is partitioned like the table, and a hop of its own would
+cost a produce, a fetch and a record per image (docs/BENCHMARKS.md).
+:class:`Pipeline` builds all of it on the app it is
 given (:func:`streamapp.app.create_app`): nothing here exists before an app
 does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -35,11 +37,11 @@ import numpy as np
 from faust.types import AppT, EventT, StreamT
 
 from streamapp.errors import BadInput, InvalidEvent, PredictorFailed, PredictorRejected, PredictorUnavailable
-from streamapp.imaging.tensor import to_tensor
+from streamapp.imaging.tensor import transform
 from streamapp.kafka.streams import BatchingStream
 from streamapp.pipeline.batching import BatchPolicy
 from streamapp.pipeline.events import Invalid, Skipped, parse_notification
-from streamapp.pipeline.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
+from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord
 from streamapp.pipeline.retry import retry_until_done
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,6 @@ class Pipeline:
                                       value_serializer="raw")
         self.tensors_topic = app.topic(settings.tensors_topic, key_serializer="raw", value_type=TensorRecord)
         self.labeled_topic = app.topic(settings.labeled_topic, key_serializer="raw", value_type=LabeledRecord)
-        self.archived_topic = app.topic(settings.archived_topic, key_serializer="raw", value_type=ArchivedRecord)
         self.dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_type=DeadLetter)
 
         # -- tables ---------------------------------------------------------------
@@ -92,7 +93,6 @@ class Pipeline:
         agent(self.tensors_topic, name="streamapp.pipeline.agents.infer")(self.infer)
         agent(self.labeled_topic, name="streamapp.pipeline.agents.archive",
               concurrency=settings.archive_concurrency)(self.archive)
-        agent(self.archived_topic, name="streamapp.pipeline.agents.tally")(self.tally)
         agent(self.dead_letter_topic, name="streamapp.pipeline.agents.tally_dead_letters")(self.tally_dead_letters)
 
     async def send_dead_letter(self, stage: str, error: BadInput, event: EventT, *, image: ObjectRef | None = None,
@@ -131,9 +131,7 @@ class Pipeline:
             maximum=self.settings.retry_max,
         )
         fetched = time.perf_counter()
-        # decoding is CPU work that OpenCV does without the GIL: a thread keeps
-        # the loop (heartbeats, other events' downloads) responsive
-        tensor = await asyncio.to_thread(to_tensor, data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
+        tensor = await transform(data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
         done = time.perf_counter()
         timings = {"s3_get": fetched - started, "transform": done - fetched}
         return TensorRecord.from_array(ref, tensor, timings=timings, received_at=received_at)
@@ -265,15 +263,14 @@ class Pipeline:
                 await self.label(good_events, tensors, formed_at)
 
 
-    # -- 3. labeled -> archive -> archived -----------------------------------------
+    # -- 3. labeled -> archive -> the images table ----------------------------------
 
 
     async def archive(self, stream: StreamT[LabeledRecord]) -> None:
         async for event in stream.events():
             record: LabeledRecord = event.value
-            started = time.perf_counter()
             try:
-                key = await retry_until_done(
+                await retry_until_done(
                     lambda record=record: self.app.storage.archive(record.image, record.digit),
                     what=f"archive s3://{record.image.bucket}/{record.image.key}",
                     initial=self.settings.retry_initial,
@@ -282,23 +279,13 @@ class Pipeline:
             except BadInput as exc:
                 await self.send_dead_letter("archive", exc, event, image=record.image)
                 continue
-            timings = dict(record.timings)
-            timings["archive"] = time.perf_counter() - started
-            archived = ArchivedRecord(
-                image=record.image, digit=record.digit, archive_key=key, timings=timings, received_at=record.received_at
-            )
-            await self.archived_topic.send(key=record.image.path, value=archived)
-            self.stats["archived"] += 1
-
-
-    # -- 4. archived -> tally ------------------------------------------------------
-
-
-    async def tally(self, stream: StreamT[ArchivedRecord]) -> None:
-        async for record in stream:
-            # a set, not a counter: a replayed record rewrites the same key
+            # a set, not a counter: a replayed record rewrites the same key; the
+            # changelog write goes out before this event's offset is committed
             self.images[record.image.identity] = record.digit
             self.stats["counted"] += 1
+
+
+    # -- 4. dead letters -> their table --------------------------------------------
 
 
     async def tally_dead_letters(self, stream: StreamT[DeadLetter]) -> None:

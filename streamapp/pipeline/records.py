@@ -7,7 +7,7 @@ Faust model there would drop unparseable messages before we could
 dead-letter them.
 
     s3-events (raw JSON) -> ObjectRef -> TensorRecord -> LabeledRecord
-        -> ArchivedRecord -> tally;   anything unusable -> DeadLetter
+        -> archive and tally;   anything unusable -> DeadLetter
 """
 
 from __future__ import annotations
@@ -101,16 +101,6 @@ class LabeledRecord(faust.Record, serializer="json"):
     timings: Dict[str, float]
     received_at: float
     probabilities: Optional[List[float]] = None
-
-
-class ArchivedRecord(faust.Record, serializer="json"):
-    """archive -> tally: the image is stored under ``archive_key``; count it."""
-
-    image: ObjectRef
-    digit: int
-    archive_key: str
-    timings: Dict[str, float]
-    received_at: float
 
 
 class DeadLetter(faust.Record, serializer="json"):

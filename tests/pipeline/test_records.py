@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamapp import errors
-from streamapp.pipeline.records import ArchivedRecord, DeadLetter, LabeledRecord, ObjectRef, TensorRecord
+from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord
 
 REF = ObjectRef(bucket="images", key="a b/é+.png", etag='"abc"', version_id="", size=10)
 
@@ -57,12 +57,10 @@ def test_tensor_of_wrong_shape_is_refused():
         TensorRecord.from_array(REF, np.zeros((28, 27), np.float32), timings={}, received_at=0.0)
 
 
-def test_labeled_archived_and_dead_letter_round_trip():
+def test_labeled_and_dead_letter_round_trip():
     labeled = LabeledRecord(image=REF, digit=7, model="mnist", timings={"predict": 0.1}, received_at=2.0,
                             probabilities=[0.1] * 10)
     assert LabeledRecord.loads(labeled.dumps()) == labeled
-    archived = ArchivedRecord(image=REF, digit=7, archive_key="7/a b/é+.png", timings={}, received_at=2.0)
-    assert ArchivedRecord.loads(archived.dumps()) == archived
     dead = DeadLetter.now(stage="preprocess", kind="empty_image", reason="zero bytes", image=REF,
                           topic="s3-events", partition=3, offset=42, index=1)
     back = DeadLetter.loads(dead.dumps())

@@ -149,7 +149,7 @@ def takeover_report(stack, labels: Counter) -> str:
     """Where the images of a failed takeover got to: the intermediate topics, worker 1's counters and log."""
     settings = stack.settings
     lines = [f"expected {sum(labels.values())} images; worker 1 counts {sum(digit_counts(stack, 1).values())}"]
-    for topic in (settings.tensors_topic, settings.labeled_topic, settings.archived_topic):
+    for topic in (settings.tensors_topic, settings.labeled_topic):
         keys = {(r["image"]["key"], r["image"].get("etag")) for r in read_topic(stack, topic)}
         lines.append(f"{topic}: {len(keys)} distinct images")
     lines.append(f"worker 1 counters: {http_json(stack.web_url(1) + '/stats/')['worker']['counters']}")
