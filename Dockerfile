@@ -44,7 +44,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     APP_DATADIR=/var/lib/streamapp \
-    WEB_PORT=6066
+    WEB_PORT=6066 \
+    FAUST_LOOP=uvloop
 
 # uid/gid 10001: above any host user, matched by runAsUser in deploy/k8s
 RUN groupadd --system --gid 10001 streamapp \

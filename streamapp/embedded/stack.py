@@ -208,6 +208,8 @@ class Stack:
                 # log lines reach the file as they are written, so a worker
                 # killed -9 leaves its whole log (and tests can follow it)
                 "PYTHONUNBUFFERED": "1",
+                # Faust's own switch to uvloop, as the image sets it
+                "FAUST_LOOP": "uvloop",
                 "TOPIC_PARTITIONS": str(self.config.partitions),
                 "STREAMAPP_PREDICTOR_URL": self.predictor_url,
             }
