@@ -53,6 +53,7 @@ class Http(Service):
             model_name=self.settings.model_name,
             protocol=self.settings.predictor_protocol,
             timeout=self.settings.predictor_timeout,
+            binary=self.settings.predictor_binary,
         )
         log.info(
             "predictor client ready: %s model %r over %s",

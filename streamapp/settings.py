@@ -79,6 +79,7 @@ class Settings:
     predictor_url: str = _field("STREAMAPP_PREDICTOR_URL", "http://127.0.0.1:8080", "Base URL of the model server.")
     model_name: str = _field("STREAMAPP_MODEL_NAME", "mnist", "Model name in the predictor's URLs.")
     predictor_protocol: str = _field("STREAMAPP_PREDICTOR_PROTOCOL", "v2", "'v1' (KServe :predict) or 'v2' (Open Inference Protocol /infer).")
+    predictor_binary: str = _field("STREAMAPP_PREDICTOR_BINARY", "auto", "v2 only: send tensors as raw bytes (the binary tensor data extension): 'auto' (ask the server once; JSON if it refuses), 'on' or 'off'.")
     predictor_timeout: float = _field("STREAMAPP_PREDICTOR_TIMEOUT", 10.0, "Seconds for one predictor request.")
     predictor_max_failures: int = _field("STREAMAPP_PREDICTOR_MAX_FAILURES", 5, "5xx answers to one batch, while the predictor says it is ready and answers a blank image, before the batch is split and its failing input dead-lettered.")
     batch_max_size: int = _field("STREAMAPP_BATCH_MAX_SIZE", 64, "A batch goes to the predictor when it holds this many tensors ...")
@@ -112,6 +113,8 @@ class Settings:
             raise ValueError(f"STREAMAPP_TRANSFORM={self.transform!r}: expected 'mnist' or 'kserve-sample'")
         if self.predictor_protocol not in ("v1", "v2"):
             raise ValueError(f"STREAMAPP_PREDICTOR_PROTOCOL={self.predictor_protocol!r}: expected 'v1' or 'v2'")
+        if self.predictor_binary not in ("auto", "on", "off"):
+            raise ValueError(f"STREAMAPP_PREDICTOR_BINARY={self.predictor_binary!r}: expected 'auto', 'on' or 'off'")
         fields = {f.name: f.metadata["env"] for f in dataclasses.fields(self)}
         for name in ("batch_max_size", "preprocess_concurrency", "archive_concurrency", "max_object_bytes", "max_pixels",
                      "s3_max_connections", "predictor_max_failures"):

@@ -6,6 +6,11 @@ ModelServer, MLServer, or any server that speaks either protocol.
 Writes: one HTTP request per batch, through the caller's long-lived
 ``aiohttp.ClientSession``; :class:`Prediction` values for the caller.
 
+Over v2 the batch travels as raw FP32 bytes (the protocol's binary tensor
+data extension) to a server that takes them, and as JSON numbers otherwise:
+``binary="auto"`` asks the server once, with a blank image, and keeps its
+answer (KServe and our server take binary tensors; MLServer answers 4xx).
+
 The encoders and parsers are pure and accept every answer shape real servers
 give (see :func:`parse_v1` and :func:`parse_v2`). Failures are mapped at the
 edge, in :meth:`PredictorClient.predict`:
@@ -21,6 +26,7 @@ edge, in :meth:`PredictorClient.predict`:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -30,7 +36,19 @@ import aiohttp
 import numpy as np
 
 from streamapp.errors import PredictorProtocolError, PredictorRejected, PredictorUnavailable
-from streamapp.serving.protocol import Prediction, answer_error, brief, encode_v1, encode_v2, parse_v1, parse_v2, paths
+from streamapp.serving.protocol import (
+    BINARY_HEADER,
+    Prediction,
+    answer_error,
+    brief,
+    encode_v1,
+    encode_v2,
+    encode_v2_binary,
+    parse_v1,
+    parse_v2,
+    paths,
+    read_binary_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +56,9 @@ log = logging.getLogger(__name__)
 _NOT_THE_INPUTS_FAULT = frozenset({401, 403, 404, 405, 408, 409, 425, 429})
 _REASON_CHARS = 500
 
+#: ``binary`` settings: ask the server once, always, never
+BINARY_MODES = ("auto", "on", "off")
+_PROBE = np.zeros((1, 28, 28), dtype=np.float32)
 
 
 class PredictorClient:
@@ -56,12 +77,18 @@ class PredictorClient:
         model_name: str,
         protocol: str = "v2",
         timeout: float = 10.0,
+        binary: str = "auto",
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.protocol = protocol
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        if binary not in BINARY_MODES:
+            raise ValueError(f"binary={binary!r}: expected one of {BINARY_MODES}")
+        #: v2 only: True/False once known, None until the server was asked (auto)
+        self.binary: bool | None = protocol == "v2" and {"on": True, "off": False}.get(binary)
+        self._probing = asyncio.Lock()
         route = paths(protocol, quote(model_name, safe=""))  # refuses an unknown protocol
         self.predict_url = self.base_url + route["predict"]
         self.ready_url = self.base_url + route["ready"]
@@ -70,14 +97,23 @@ class PredictorClient:
         """(B, 28, 28) float32 -> B predictions, in order; one request."""
         if len(batch) == 0:
             return []
+        if self.protocol == "v2" and self.binary is None:
+            await self._ask_for_binary()
+        return await self._predict(batch, binary=bool(self.binary))
+
+    async def _predict(self, batch: np.ndarray, *, binary: bool) -> list[Prediction]:
         request_id = None
+        headers = {"Content-Type": "application/json"}
         if self.protocol == "v1":
-            payload = encode_v1(batch)
+            data = json.dumps(encode_v1(batch), separators=(",", ":")).encode()
+        elif binary:
+            request_id = uuid.uuid4().hex
+            data, json_length = encode_v2_binary(batch, request_id=request_id)
+            headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(json_length)}
         else:
             request_id = uuid.uuid4().hex
-            payload = encode_v2(batch, request_id=request_id)
-        data = json.dumps(payload, separators=(",", ":")).encode()
-        status, raw = await self._post(data)
+            data = json.dumps(encode_v2(batch, request_id=request_id), separators=(",", ":")).encode()
+        status, raw, answer_length = await self._post(data, headers)
         if status >= 400:
             reason = _reason(raw)
             message = f"predictor answered {status} for a batch of {len(batch)}: {reason}"
@@ -87,7 +123,8 @@ class PredictorClient:
         if not 200 <= status < 300:
             raise PredictorProtocolError(f"predictor answered {status} to {self.predict_url}")
         try:
-            body = json.loads(raw)
+            body = json.loads(raw) if answer_length is None else read_binary_body(
+                raw, answer_length, "outputs", error=PredictorProtocolError)
         except ValueError:
             raise answer_error(f"{status} with a body that is not JSON: {brief(raw[:200])}") from None
         if self.protocol == "v1":
@@ -99,12 +136,37 @@ class PredictorClient:
             predictions = parse_v2(body, len(batch))
         return predictions
 
-    async def _post(self, data: bytes) -> tuple[int, bytes]:
+    async def _ask_for_binary(self) -> None:
+        """Decide ``self.binary`` by sending a blank image as binary tensor data.
+
+        An answer the client can read: binary. A 4xx about the input, or an
+        answer it cannot read: JSON, for good; so too a 5xx when the same image
+        as JSON is answered. Unreachable, or failing JSON too:
+        ``PredictorUnavailable``, undecided (the caller retries, and asks again).
+        """
+        async with self._probing:
+            if self.binary is not None:
+                return
+            try:
+                await self._predict(_PROBE, binary=True)
+            except (PredictorRejected, PredictorProtocolError) as exc:
+                refused: Exception = exc
+            except PredictorUnavailable as exc:
+                if exc.status is None or exc.status in _NOT_THE_INPUTS_FAULT:
+                    raise
+                await self._predict(_PROBE, binary=False)  # raises when the server fails JSON as well
+                refused = exc
+            else:
+                log.info("predictor %s takes binary tensor data", self.predict_url)
+                self.binary = True
+                return
+            log.info("predictor %s does not take binary tensor data (%s): sending JSON", self.predict_url, refused)
+            self.binary = False
+
+    async def _post(self, data: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
         try:
-            async with self.session.post(
-                self.predict_url, data=data, headers={"Content-Type": "application/json"}, timeout=self.timeout
-            ) as response:
-                return response.status, await response.read()
+            async with self.session.post(self.predict_url, data=data, headers=headers, timeout=self.timeout) as response:
+                return response.status, await response.read(), response.headers.get(BINARY_HEADER)
         except (TimeoutError, aiohttp.ClientError) as exc:  # refused, reset, timed out, cut short
             raise PredictorUnavailable(f"predictor at {self.predict_url}: {type(exc).__name__}: {exc}") from exc
 

@@ -33,6 +33,13 @@ _INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "U
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 _V2_INPUT_TYPES = ("FP32", "FP64")  # JSON carries no precision; FP64 clients are fine
 
+#: the Open Inference Protocol's binary tensor data extension (KServe, Triton):
+#: this HTTP header gives the length of the JSON part of the body; the raw
+#: bytes of each tensor whose ``parameters`` hold ``binary_data_size`` follow
+#: it, in the order of the tensors
+BINARY_HEADER = "Inference-Header-Content-Length"
+_BINARY_DTYPES = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "UINT8": "u1"}
+
 
 def paths(protocol: str, model: str) -> dict[str, str]:
     """The ``predict`` and ``ready`` paths for ``model`` (already URL-quoted, or a route pattern)."""
@@ -80,6 +87,60 @@ def encode_v2(batch: np.ndarray, *, request_id: str | None = None) -> dict[str, 
     }
     if request_id is not None:
         body["id"] = request_id
+    return body
+
+
+def encode_v2_binary(batch: np.ndarray, *, request_id: str | None = None) -> tuple[bytes, int]:
+    """(B, 28, 28) -> (body, length of its JSON part): :func:`encode_v2` with the
+    tensor as raw little-endian FP32 after the JSON, 3.1 KB an image instead
+    of ~8 KB of decimal text, and no float formatting on either side."""
+    data = np.ascontiguousarray(_check_batch(batch), dtype="<f4")
+    header: dict[str, Any] = {
+        "inputs": [{"name": INPUT_NAME, "shape": list(data.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": data.nbytes}}]
+    }
+    if request_id is not None:
+        header["id"] = request_id
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return text + data.tobytes(), len(text)
+
+
+def read_binary_body(raw: bytes, header_length: str, tensors: str, *, error: type[Exception]) -> Any:
+    """A v2 body with binary tensor data -> its JSON object, each binary
+    tensor's bytes put into its ``data`` as a flat array.
+
+    ``header_length`` is the :data:`BINARY_HEADER` value; ``tensors`` names the
+    list that may hold binary tensors (``"inputs"`` in a request, ``"outputs"``
+    in an answer); a malformed body raises ``error`` with the reason.
+    """
+    try:
+        split = int(header_length)
+    except ValueError:
+        raise error(f"{BINARY_HEADER} is {brief(header_length)}, not a byte count") from None
+    if not 0 <= split <= len(raw):
+        raise error(f"{BINARY_HEADER} is {split}, but the body has {len(raw)} bytes")
+    try:
+        body = json.loads(raw[:split], parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise error(f"the JSON part of the body is not valid JSON: {exc}") from None
+    offset = split
+    for tensor in (body.get(tensors) or []) if isinstance(body, dict) else []:
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        name = brief(tensor.get("name"))
+        dtype = _BINARY_DTYPES.get(tensor.get("datatype"))
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(raw):
+            raise error(f"tensor {name}: binary_data_size {brief(size)} does not fit the {len(raw) - offset} bytes left")
+        if dtype is None:
+            raise error(f"tensor {name}: binary data of datatype {brief(tensor.get('datatype'))} is not supported")
+        if size % np.dtype(dtype).itemsize:
+            raise error(f"tensor {name}: {size} bytes is not a whole number of {tensor['datatype']} values")
+        tensor["data"] = np.frombuffer(raw, dtype=dtype, count=size // np.dtype(dtype).itemsize, offset=offset)
+        offset += size
+    if offset != len(raw):
+        raise error(f"{len(raw) - offset} bytes after the last binary tensor")
     return body
 
 

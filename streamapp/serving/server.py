@@ -14,7 +14,9 @@ Routes (``<name>`` is the model's name, ``mnist`` by default):
 * Open Inference Protocol v2 (REST): ``POST /v2/models/<name>[/versions/<v>]/infer``
   with one FP32 input ``[B, 784]`` or ``[B, 28, 28]`` -> outputs ``digit``
   (INT64 ``[B]``) and ``probabilities`` (FP32 ``[B, 10]``);
-  ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
+  the input as JSON numbers or, with the binary tensor data extension
+  (``Inference-Header-Content-Length``), as raw FP32/FP64 bytes after the
+  JSON; ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
   ``/v2/models/<name>[/versions/<v>]`` and ``.../ready``.
 
 Every request of B images costs one forward pass, run in a worker thread so
@@ -40,10 +42,12 @@ from aiohttp import web
 
 from streamapp.errors import InvalidTensor
 from streamapp.serving.protocol import (
+    BINARY_HEADER,
     InvalidInput,
     model_metadata,
     parse_json,
     paths,
+    read_binary_body,
     v1_batch,
     v1_response,
     v2_batch,
@@ -115,7 +119,11 @@ async def v1_models(request: web.Request) -> web.Response:
 
 async def v2_infer(request: web.Request) -> web.Response:
     model = _model(request)
-    body = await _read_json(request)
+    header_length = request.headers.get(BINARY_HEADER)
+    if header_length is None:
+        body = await _read_json(request)
+    else:  # the binary tensor data extension: the input's bytes follow the JSON
+        body = read_binary_body(await request.read(), header_length, "inputs", error=InvalidInput)
     batch, names = v2_batch(body, request.app[_LIMITS]["max_batch"])
     request_id = body.get("id")
     if request_id is None:
@@ -136,7 +144,7 @@ async def v2_model_ready(request: web.Request) -> web.Response:
 
 
 async def v2_server_metadata(request: web.Request) -> web.Response:
-    return web.json_response({"name": "streamapp-modelserver", "version": _version(), "extensions": []})
+    return web.json_response({"name": "streamapp-modelserver", "version": _version(), "extensions": ["binary_tensor_data"]})
 
 
 async def v2_live(request: web.Request) -> web.Response:

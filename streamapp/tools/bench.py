@@ -343,7 +343,7 @@ class Bench:
         await self.put_all(images, "uploading")
         settings = self.stack.settings
         client = PredictorClient(self.http, base_url=self.stack.predictor_url, model_name=settings.model_name,
-                                 protocol=settings.predictor_protocol)
+                                 protocol=settings.predictor_protocol, binary=settings.predictor_binary)
         archive = settings.archive_bucket
         fetch_gate = asyncio.Semaphore(settings.preprocess_concurrency)
         copy_gate = asyncio.Semaphore(settings.archive_concurrency)
@@ -425,6 +425,7 @@ class Bench:
             base_url=self.stack.predictor_url,
             model_name=self.stack.settings.model_name,
             protocol=self.stack.settings.predictor_protocol,
+            binary=self.stack.settings.predictor_binary,
         )
         tensor = to_tensor(self.samples[0])
         figures = {}

@@ -22,7 +22,7 @@ from streamapp.embedded.process import free_port
 from streamapp.errors import PredictorProtocolError, PredictorRejected, PredictorUnavailable
 from streamapp.serving import server as modelserver
 from streamapp.serving.client import PredictorClient
-from streamapp.serving.protocol import Prediction
+from streamapp.serving.protocol import BINARY_HEADER, Prediction
 
 ONE_HOT_7 = [0.0] * 7 + [1.0] + [0.0] * 2
 
@@ -120,7 +120,7 @@ def test_client_unknown_model_waits_instead_of_rejecting(digit_model: Any) -> No
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
 def test_client_batch_over_the_servers_limits_is_rejected_not_retried(protocol: str, digit_model: Any) -> None:
     # rejected, the pipeline splits the batch; "unavailable" would retry it forever
-    batch = np.random.default_rng(3).random((12, 28, 28), dtype=np.float32)
+    batch = np.random.default_rng(3).random((24, 28, 28), dtype=np.float32)  # 75 KB even as binary v2
 
     async def scenario(session: aiohttp.ClientSession) -> None:
         async with serving(modelserver.create_app(digit_model, max_body_bytes=50_000)) as url:
@@ -131,7 +131,7 @@ def test_client_batch_over_the_servers_limits_is_rejected_not_retried(protocol: 
         async with serving(modelserver.create_app(digit_model, max_batch=8)) as url:
             client = PredictorClient(session, base_url=url, model_name="mnist", protocol=protocol)
             with pytest.raises(PredictorRejected, match=r"400 .*holds 12 images, more than the limit of 8"):
-                await client.predict(batch)
+                await client.predict(batch[:12])
 
     run(scenario)
 
@@ -217,3 +217,98 @@ def test_client_empty_batch_sends_nothing() -> None:
         return await PredictorClient(session, base_url=url, model_name="mnist").predict(np.zeros((0, 28, 28), np.float32))
 
     assert run(scenario) == []
+
+
+# -- binary tensor data: asked once, JSON where refused -----------------------------
+
+
+async def binary_refused_with(status: int, digit_model: Any, seen: list[bool]) -> web.Application:
+    """Our model server, made to answer ``status`` to binary tensor data (as a JSON-only server does)."""
+
+    @web.middleware
+    async def refuse(request: web.Request, handler: Any) -> web.StreamResponse:
+        binary = BINARY_HEADER in request.headers
+        seen.append(binary)
+        if binary:
+            await request.read()
+            return web.json_response({"error": "expected a JSON body"}, status=status)
+        return await handler(request)
+
+    app = await modelserver.create_app(digit_model)
+    app.middlewares.append(refuse)
+    return app
+
+
+def test_auto_sends_binary_to_a_server_that_takes_it_with_the_same_answers(digit_model: Any, sample_tensors: Any) -> None:
+    batch = sample_tensors[0][:16]
+
+    async def scenario(session: aiohttp.ClientSession) -> tuple[list[Prediction], list[Prediction]]:
+        async with serving(modelserver.create_app(digit_model)) as url:
+            auto = PredictorClient(session, base_url=url, model_name="mnist")
+            text = PredictorClient(session, base_url=url, model_name="mnist", binary="off")
+            assert auto.binary is None and text.binary is False
+            answers = await auto.predict(batch), await text.predict(batch)
+            assert auto.binary is True and text.binary is False
+            return answers
+
+    binary, text = run(scenario)
+    assert binary == text
+    assert [p.digit for p in binary] == digit_model.predict_proba(batch).argmax(axis=1).tolist()
+
+
+@pytest.mark.parametrize("status", [400, 415, 422, 500])
+def test_auto_falls_back_to_json_for_good_when_binary_is_refused(status: int, digit_model: Any, sample_tensors: Any) -> None:
+    batch = sample_tensors[0][:4]
+    seen: list[bool] = []
+
+    async def scenario(session: aiohttp.ClientSession) -> list[Prediction]:
+        async with serving(binary_refused_with(status, digit_model, seen)) as url:
+            client = PredictorClient(session, base_url=url, model_name="mnist")
+            first = await client.predict(batch)
+            assert client.binary is False
+            assert await client.predict(batch) == first
+            return first
+
+    predictions = run(scenario)
+    assert [p.digit for p in predictions] == digit_model.predict_proba(batch).argmax(axis=1).tolist()
+    # one binary probe; after it (and the JSON check of a 5xx) only JSON
+    assert seen[0] is True and seen.count(True) == 1
+
+
+def test_auto_decides_nothing_while_the_server_is_down(digit_model: Any) -> None:
+    port = free_port()
+
+    async def scenario(session: aiohttp.ClientSession) -> bool | None:
+        client = PredictorClient(session, base_url=f"http://127.0.0.1:{port}", model_name="mnist", timeout=2.0)
+        with pytest.raises(PredictorUnavailable):
+            await client.predict(np.zeros((1, 28, 28), np.float32))
+        assert client.binary is None  # undecided: asked again on the next call
+        runner = web.AppRunner(await modelserver.create_app(digit_model), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await client.predict(np.zeros((2, 28, 28), np.float32))
+        finally:
+            await runner.cleanup()
+        return client.binary
+
+    assert run(scenario) is True
+
+
+def test_binary_on_and_off_are_obeyed_and_v1_never_sends_binary(digit_model: Any) -> None:
+    seen: list[bool] = []
+    batch = np.zeros((2, 28, 28), np.float32)
+
+    async def scenario(session: aiohttp.ClientSession) -> None:
+        async with serving(binary_refused_with(422, digit_model, seen)) as url:
+            with pytest.raises(PredictorRejected, match="422"):
+                await PredictorClient(session, base_url=url, model_name="mnist", binary="on").predict(batch)
+            await PredictorClient(session, base_url=url, model_name="mnist", binary="off").predict(batch)
+            v1 = PredictorClient(session, base_url=url, model_name="mnist", protocol="v1")
+            await v1.predict(batch)
+            assert v1.binary is False
+
+    run(scenario)
+    assert seen == [True, False, False]
+    with pytest.raises(ValueError, match="binary='yes'"):
+        PredictorClient(None, base_url="http://x", model_name="m", binary="yes")  # type: ignore[arg-type]

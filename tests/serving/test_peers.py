@@ -182,3 +182,21 @@ def test_unknown_model_on_a_peer_is_unavailable_not_rejected(request: pytest.Fix
     url = request.getfixturevalue(f"{peer}_url")
     with pytest.raises(PredictorUnavailable, match="404"):
         predict(url, "no-such-model", protocol, np.zeros((1, 28, 28), np.float32))
+
+
+@pytest.mark.parametrize(("peer", "takes_binary"), [("kserve", True), ("mlserver", False)])
+def test_binary_tensor_data_where_the_peer_takes_it_json_where_not(request: pytest.FixtureRequest, peer: str,
+                                                                    takes_binary: bool, sample_tensors: Any,
+                                                                    expected: np.ndarray) -> None:
+    url = request.getfixturevalue(f"{peer}_url")
+    batch, labels = sample_tensors
+
+    async def main() -> tuple[bool | None, list[Prediction]]:
+        async with aiohttp.ClientSession() as session:
+            client = PredictorClient(session, base_url=url, model_name="mnist", protocol="v2", timeout=30)
+            predictions = await client.predict(batch)
+            return client.binary, predictions
+
+    binary, predictions = asyncio.run(main())
+    assert binary is takes_binary
+    check(predictions, expected, labels, probabilities=True)

@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 from streamapp.errors import PredictorProtocolError
-from streamapp.serving.protocol import Prediction, encode_v1, encode_v2, parse_v1, parse_v2, paths
+from streamapp.serving.protocol import (
+    InvalidInput,
+    Prediction,
+    encode_v1,
+    encode_v2,
+    encode_v2_binary,
+    parse_v1,
+    parse_v2,
+    paths,
+    read_binary_body,
+)
 
 ONE_HOT_7 = [0.0] * 7 + [1.0] + [0.0] * 2
 
@@ -242,3 +252,55 @@ def test_parse_v2_logits_keep_only_the_digit() -> None:
 def test_parse_v2_refuses_unknown_shapes(body: Any, batch_size: int, message: str) -> None:
     with pytest.raises(PredictorProtocolError, match=message):
         parse_v2(body, batch_size)
+
+
+# -- the binary tensor data extension ------------------------------------------------
+
+
+def test_binary_request_reads_back_as_the_same_batch_and_header() -> None:
+    batch = np.random.default_rng(5).random((3, 28, 28), dtype=np.float32)
+    body, json_length = encode_v2_binary(batch, request_id="r1")
+    header = json.loads(body[:json_length])
+    assert header == {"id": "r1", "inputs": [{"name": "image", "shape": [3, 28, 28], "datatype": "FP32",
+                                              "parameters": {"binary_data_size": 3 * 784 * 4}}]}
+    assert len(body) == json_length + 3 * 784 * 4
+    read = read_binary_body(body, str(json_length), "inputs", error=InvalidInput)
+    assert np.array_equal(read["inputs"][0]["data"].reshape(3, 28, 28), batch)
+
+
+def test_binary_tensors_without_the_parameter_keep_their_json_data() -> None:
+    header = json.dumps({"outputs": [{"name": "digit", "shape": [2], "datatype": "INT64", "data": [3, 4]},
+                                     {"name": "probabilities", "shape": [2, 10], "datatype": "FP32",
+                                      "parameters": {"binary_data_size": 80}}]}).encode()
+    proba = np.full((2, 10), 0.1, dtype="<f4")
+    body = read_binary_body(header + proba.tobytes(), str(len(header)), "outputs", error=PredictorProtocolError)
+    assert body["outputs"][0]["data"] == [3, 4]
+    assert [p.digit for p in parse_v2(body, 2)] == [3, 4]
+
+
+def _binary(header: dict[str, Any], data: bytes) -> tuple[bytes, str]:
+    text = json.dumps(header).encode()
+    return text + data, str(len(text))
+
+
+def _input(**fields: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "image", "shape": [1, 784], "datatype": "FP32", **fields}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "length", "reason"),
+    [
+        (b'{"inputs": []}', "x1", "not a byte count"),
+        (b'{"inputs": []}', "99", "is 99, but the body has 14 bytes"),
+        (b'{"inputs": []}', "-1", "is -1"),
+        (b'{"inputs": [}' + b"\0" * 8, "13", "not valid JSON"),
+        (*_binary(_input(parameters={"binary_data_size": 3200}), b"\0" * 3136), "does not fit the 3136 bytes left"),
+        (*_binary(_input(parameters={"binary_data_size": "3136"}), b"\0" * 3136), "binary_data_size '3136'"),
+        (*_binary(_input(parameters={"binary_data_size": 3135}), b"\0" * 3135), "not a whole number of FP32 values"),
+        (*_binary(_input(datatype="BF16", parameters={"binary_data_size": 8}), b"\0" * 8), "datatype 'BF16' is not supported"),
+        (*_binary(_input(parameters={"binary_data_size": 3136}), b"\0" * 3140), "4 bytes after the last binary tensor"),
+    ],
+)
+def test_malformed_binary_bodies_say_what_is_wrong(body: bytes, length: str, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        read_binary_body(body, length, "inputs", error=InvalidInput)

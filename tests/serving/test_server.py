@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from streamapp.embedded.process import ManagedProcess, free_port
 from streamapp.serving import server as modelserver
+from streamapp.serving.protocol import encode_v2_binary
 
 V1 = "/v1/models/mnist:predict"
 V2 = "/v2/models/mnist/infer"
@@ -418,3 +419,65 @@ def test_fault_injection_fails_only_batches_holding_the_chosen_image():
     almost = np.full((1, 28, 28), 0.5, np.float32)
     almost[0, 0, 0] = 0.0
     assert model.predict_proba(almost).shape == (1, 10)
+
+
+# -- v2 with binary tensor data -----------------------------------------------------
+
+
+async def post_binary(client: TestClient, path: str, body: bytes, json_length: int | str) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_length)}
+    async with client.post(path, data=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+def test_v2_binary_input_gives_the_json_answer(digit_model: Any, sample_tensors: Any) -> None:
+    batch = sample_tensors[0][:8]
+
+    async def scenario(client: TestClient) -> tuple[Any, Any]:
+        body, json_length = encode_v2_binary(batch, request_id="bin-1")
+        status, binary = await post_binary(client, "/v2/models/mnist/infer", body, json_length)
+        assert status == 200, binary
+        status, text = await post(client, "/v2/models/mnist/infer", v2_body(batch, id="bin-1"))
+        assert status == 200, text
+        return binary, text
+
+    binary, text = against(digit_model, scenario)
+    assert binary == text  # the same digits and probabilities, whichever way the input came
+    assert binary["id"] == "bin-1"
+
+
+def test_v2_binary_fp64_input_is_read_too(digit_model: Any, sample_tensors: Any) -> None:
+    batch = sample_tensors[0][:2].astype("<f8")
+    header = json.dumps({"inputs": [{"name": "image", "shape": [2, 784], "datatype": "FP64",
+                                     "parameters": {"binary_data_size": batch.nbytes}}]}).encode()
+
+    async def scenario(client: TestClient) -> tuple[int, Any]:
+        return await post_binary(client, "/v2/models/mnist/infer", header + batch.tobytes(), len(header))
+
+    status, answer = against(digit_model, scenario)
+    assert status == 200
+    assert answer["outputs"][0]["data"] == digit_model.predict_proba(sample_tensors[0][:2]).argmax(axis=1).tolist()
+
+
+@pytest.mark.parametrize(
+    ("cut", "length", "reason"),
+    [
+        (0, "abc", "not a byte count"),
+        (100, None, "bytes left"),  # the tensor is cut short
+        (0, 10**6, "but the body has"),
+    ],
+)
+def test_v2_malformed_binary_is_400_with_the_reason(digit_model: Any, cut: int, length: Any, reason: str) -> None:
+    body, json_length = encode_v2_binary(np.zeros((1, 28, 28), np.float32))
+
+    async def scenario(client: TestClient) -> tuple[int, Any]:
+        return await post_binary(client, "/v2/models/mnist/infer", body[:len(body) - cut],
+                                 json_length if length is None else length)
+
+    status, answer = against(digit_model, scenario)
+    assert status == 400 and reason in answer["error"]
+
+
+def test_v2_server_metadata_names_the_binary_extension(digit_model: Any) -> None:
+    status, body = against(digit_model, lambda client: get(client, "/v2"))
+    assert status == 200 and "binary_tensor_data" in body["extensions"]
