@@ -4,6 +4,8 @@
     streamapp upload      put images into the input bucket and announce them
     streamapp predictor   the KServe v1 / Open Inference Protocol v2 model server
     streamapp bench       throughput and latency, side by side with the sample's path
+    streamapp dead-letters list|redrive
+                          the latest dead letters; re-publish the notifications they failed on
 
 The worker itself is Faust's own command: ``faust -A streamapp worker``.
 """
@@ -162,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the pipeline against the sample's sequential path", add_help=False)
     bench.set_defaults(func=cmd_bench)
+
+    dead = sub.add_parser("dead-letters", help="list the dead letters, or redrive them (list|redrive)", add_help=False)
+    dead.set_defaults(func=cmd_dead_letters)
     return parser
 
 
@@ -169,6 +174,12 @@ def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
     from streamapp.tools import bench
 
     return bench.main(rest)
+
+
+def cmd_dead_letters(args: argparse.Namespace, rest: list[str]) -> int:
+    from streamapp.tools import dead_letters
+
+    return dead_letters.main(rest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command in ("predictor", "bench"):
+    if args.command in ("predictor", "bench", "dead-letters"):
         return args.func(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
