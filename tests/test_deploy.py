@@ -68,19 +68,21 @@ K8S_VERSION = "1.30.0"
 #: kustomize's own files: read by kustomize, never sent to a cluster
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 
-#: what GET /metrics answers on a worker (WEB_PORT) and on the model server (8080)
-METRICS = {
-    "streamapp_images_counted_total": "counter",
-    "streamapp_stage_seconds": "histogram",
-    "streamapp_batch_size": "histogram",
-    "streamapp_dead_letters_total": "counter",
-    "streamapp_retries_total": "counter",
-    "streamapp_consumer_lag": "gauge",
-    "streamapp_in_flight": "gauge",
-    "streamapp_predictor_requests_total": "counter",
-    "streamapp_predictor_request_seconds": "histogram",
-    "streamapp_predictor_batch_size": "histogram",
-}
+
+
+def _metrics() -> dict[str, str]:
+    """What GET /metrics answers on a worker (WEB_PORT) and on the model server (8080): name -> type."""
+    from streamapp.pipeline.metrics import Metrics
+    from streamapp.serving.server import ServerMetrics
+
+    metrics = {"streamapp_consumer_lag": "gauge"}  # collected per app when scraped
+    for registry in (Metrics().registry, ServerMetrics().registry):
+        for family in registry.collect():
+            metrics[family.name + ("_total" if family.type == "counter" else "")] = family.type
+    return metrics
+
+
+METRICS = _metrics()
 #: the Kafka scaler's parameters (KEDA 2.x, pkg/scalers/kafka_scaler.go): the CRD
 #: takes any string map, and a misspelt lagThreshold would silently become 10
 KEDA_KAFKA_PARAMETERS = {

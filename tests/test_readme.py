@@ -24,3 +24,16 @@ def test_two_commands_are_the_makefile_targets_and_ci_runs_the_test_one():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^up:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_metrics_table_lists_every_metric_the_worker_and_the_model_server_register():
+    from streamapp.pipeline.metrics import Metrics
+    from streamapp.serving.server import ServerMetrics
+
+    registered = set()
+    for registry in (Metrics().registry, ServerMetrics().registry):
+        for family in registry.collect():
+            registered.add(family.name + ("_total" if family.type == "counter" else ""))
+            assert family.documentation, family.name
+    listed = set(re.findall(r"^\| `(streamapp_\w+)` \|", README, flags=re.M))
+    assert listed == registered | {"streamapp_consumer_lag"}  # the lag is collected per app when scraped

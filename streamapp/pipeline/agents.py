@@ -41,6 +41,7 @@ from streamapp.imaging.tensor import transform
 from streamapp.kafka.streams import BatchingStream
 from streamapp.pipeline.batching import BatchPolicy
 from streamapp.pipeline.events import Invalid, Skipped, parse_notification
+from streamapp.pipeline.metrics import Metrics
 from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord
 from streamapp.pipeline.retry import retry_until_done
 
@@ -84,6 +85,10 @@ class Pipeline:
         # Per-worker, in-memory, for /stats/: how this process spent its time.
         # Only ever incremented by whole numbers from one event loop thread.
         self.stats: Counter[str] = Counter()
+        # Per-worker Prometheus metrics, served at /metrics
+        self.metrics = Metrics()
+        self.metrics.watch_lag(app, (settings.events_topic, settings.tensors_topic, settings.labeled_topic,
+                                     settings.dead_letter_topic))
         self.policy = BatchPolicy(settings.batch_max_size, settings.batch_max_delay)
 
         # -- the agents, in the order data flows ------------------------------------
@@ -114,7 +119,9 @@ class Pipeline:
             index=index,
         )
         self.stats[f"dead_letter.{stage}.{error.kind}"] += 1
-        log.warning("dead letter from %s (%s): %s", stage, error.kind, error)
+        self.metrics.dead_letters.labels(stage, error.kind).inc()
+        # the reason names untrusted keys and text: quoted, so it cannot forge log lines
+        log.warning("dead letter from %s (%s): %r", stage, error.kind, str(error))
         await self.dead_letter_topic.send(key=image.path if image else None, value=record)
 
 
@@ -124,15 +131,17 @@ class Pipeline:
     async def fetch_tensor(self, ref: ObjectRef, received_at: float) -> TensorRecord:
         """GetObject (retried while S3 is down) and normalize it off the event loop."""
         started = time.perf_counter()
-        data = await retry_until_done(
-            lambda: self.app.storage.get(ref),
-            what=f"GetObject s3://{ref.bucket}/{ref.key}",
-            initial=self.settings.retry_initial,
-            maximum=self.settings.retry_max,
-        )
-        fetched = time.perf_counter()
-        tensor = await transform(data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
-        done = time.perf_counter()
+        with self.metrics.in_flight.labels("preprocess").track_inprogress():
+            data = await retry_until_done(
+                lambda: self.app.storage.get(ref),
+                what="GetObject " + repr(f"s3://{ref.bucket}/{ref.key}"),
+                initial=self.settings.retry_initial,
+                maximum=self.settings.retry_max,
+                on_retry=self.metrics.retries.labels("s3").inc,
+            )
+            fetched = time.perf_counter()
+            tensor = await transform(data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
+            done = time.perf_counter()
         timings = {"s3_get": fetched - started, "transform": done - fetched}
         return TensorRecord.from_array(ref, tensor, timings=timings, received_at=received_at)
 
@@ -198,12 +207,14 @@ class Pipeline:
                         ) from exc
                 raise
 
-        return await retry_until_done(
-            attempt,
-            what=f"predict {len(batch)} tensors",
-            initial=self.settings.retry_initial,
-            maximum=self.settings.retry_max,
-        )
+        with self.metrics.in_flight.labels("predict").track_inprogress():
+            return await retry_until_done(
+                attempt,
+                what=f"predict {len(batch)} tensors",
+                initial=self.settings.retry_initial,
+                maximum=self.settings.retry_max,
+                on_retry=self.metrics.retries.labels("predictor").inc,
+            )
 
 
     async def label(self, events: Sequence[EventT], tensors: Sequence[np.ndarray], formed_at: float) -> None:
@@ -260,6 +271,7 @@ class Pipeline:
                 good_events.append(event)
             # good_events / tensors: (B,) events and their (28, 28) float32 arrays
             if good_events:
+                self.metrics.batch_size.observe(len(good_events))
                 await self.label(good_events, tensors, formed_at)
 
 
@@ -269,20 +281,29 @@ class Pipeline:
     async def archive(self, stream: StreamT[LabeledRecord]) -> None:
         async for event in stream.events():
             record: LabeledRecord = event.value
+            started = time.perf_counter()
             try:
-                await retry_until_done(
-                    lambda record=record: self.app.storage.archive(record.image, record.digit),
-                    what=f"archive s3://{record.image.bucket}/{record.image.key}",
-                    initial=self.settings.retry_initial,
-                    maximum=self.settings.retry_max,
-                )
+                with self.metrics.in_flight.labels("archive").track_inprogress():
+                    await retry_until_done(
+                        lambda record=record: self.app.storage.archive(record.image, record.digit),
+                        what="archive " + repr(f"s3://{record.image.bucket}/{record.image.key}"),
+                        initial=self.settings.retry_initial,
+                        maximum=self.settings.retry_max,
+                        on_retry=self.metrics.retries.labels("s3").inc,
+                    )
             except BadInput as exc:
                 await self.send_dead_letter("archive", exc, event, image=record.image)
                 continue
             # a set, not a counter: a replayed record rewrites the same key; the
             # changelog write goes out before this event's offset is committed
-            self.images[record.image.identity] = record.digit
+            identity = record.image.identity
+            new = identity not in self.images
+            self.images[identity] = record.digit
             self.stats["counted"] += 1
+            if new:
+                self.metrics.images_counted.labels(str(record.digit)).inc()
+            self.metrics.observe({**record.timings, "archive": time.perf_counter() - started,
+                                  "end_to_end": time.time() - record.received_at})
 
 
     # -- 4. dead letters -> their table --------------------------------------------

@@ -42,8 +42,12 @@ async def retry_until_done(
     what: str,
     initial: float,
     maximum: float,
+    on_retry: Callable[[], None] | None = None,
 ) -> T:
-    """Run ``operation`` until it does not raise ``DependencyDown``; return its result."""
+    """Run ``operation`` until it does not raise ``DependencyDown``; return its result.
+
+    ``on_retry`` is called before each retry (the worker counts them).
+    """
     delays = backoff_delays(initial, maximum)
     attempt = 0
     while True:
@@ -53,6 +57,8 @@ async def retry_until_done(
             attempt += 1
             delay = next(delays)
             log.warning("%s failed (attempt %d): %s; retrying in %.2fs", what, attempt, exc, delay)
+            if on_retry is not None:
+                on_retry()
             await asyncio.sleep(delay)
         else:
             if attempt:

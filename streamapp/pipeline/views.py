@@ -7,6 +7,7 @@ workers' over HTTP) and this worker's own stats. Writes: HTTP responses.
     GET /           the dashboard (HTML; polls /digits/ and /stats/ each second)
     GET /digits/    {"0": n0, ..., "9": n9}: images counted per digit, all partitions
     GET /stats/     totals and this worker's counters
+    GET /metrics    this worker's Prometheus metrics (streamapp.pipeline.metrics)
     GET /internal/counts/<table>/?partitions=0,1[&replica=standby]
                     this worker's partitions' counts, for its peers
 
@@ -25,6 +26,7 @@ from faust.types import AppT
 from faust.web import Request, Response, View
 
 from streamapp.pipeline.agents import Pipeline
+from streamapp.pipeline.metrics import CONTENT_TYPE
 from streamapp.pipeline.totals import Totals, cluster_totals, encode_partition_counts, local_counts
 
 
@@ -85,6 +87,11 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
                     },
                 }
             )
+
+    @app.page("/metrics")
+    class PrometheusMetrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(pipeline.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     @app.page("/internal/counts/{table}/")
     class PartitionCounts(View):

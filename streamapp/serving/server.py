@@ -18,6 +18,8 @@ Routes (``<name>`` is the model's name, ``mnist`` by default):
   (``Inference-Header-Content-Length``), as raw FP32/FP64 bytes after the
   JSON; ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
   ``/v2/models/<name>[/versions/<v>]`` and ``.../ready``.
+* ``GET /metrics``: Prometheus metrics (requests by protocol and status,
+  request seconds, batch sizes).
 
 Every request of B images costs one forward pass, run in a worker thread so
 the event loop keeps answering health checks while the model computes. Bad
@@ -39,6 +41,8 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from streamapp.errors import InvalidTensor
 from streamapp.serving.protocol import (
@@ -62,6 +66,21 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # a batch of 256 as JSON text is about 2-4 MB
 _MODEL = web.AppKey("model", Any)
 _LIMITS = web.AppKey("limits", dict)
 _EXECUTOR = web.AppKey("executor", Any)
+_METRICS = web.AppKey("metrics", Any)
+
+
+class ServerMetrics:
+    """The model server's Prometheus metrics (KServe's convention: ``GET /metrics`` on the HTTP port)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("streamapp_predictor_requests", "Inference requests answered, by protocol "
+                                "(v1, v2) and HTTP status code.", ["protocol", "code"], registry=registry)
+        self.seconds = Histogram("streamapp_predictor_request_seconds", "Seconds to answer an inference request.",
+                                 ["protocol"], registry=registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+        self.batch_size = Histogram("streamapp_predictor_batch_size", "Images per forward pass.", registry=registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 
 class ModelNotFound(LookupError):
@@ -90,6 +109,7 @@ async def _forward(request: web.Request, batch: np.ndarray) -> np.ndarray:
     """One forward pass for the whole batch, in the executor unless there is none."""
     model = request.app[_MODEL]
     executor = request.app[_EXECUTOR]
+    request.app[_METRICS].batch_size.observe(len(batch))
     started = time.perf_counter()
     try:
         if executor is None:
@@ -163,7 +183,25 @@ def _version() -> str:
         return "unknown"
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[_METRICS].registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 # -- errors mapped at the edge --------------------------------------------------
+
+
+@web.middleware
+async def _measure(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Count and time the inference routes (after _errors has turned every failure into an answer)."""
+    protocol = "v1" if request.path.endswith(":predict") else "v2" if request.path.endswith("/infer") else None
+    if protocol is None or request.method != "POST":
+        return await handler(request)
+    started = time.perf_counter()
+    response = await handler(request)
+    measured = request.app[_METRICS]
+    measured.requests.labels(protocol, str(response.status)).inc()
+    measured.seconds.labels(protocol).observe(time.perf_counter() - started)
+    return response
 
 
 @web.middleware
@@ -228,7 +266,8 @@ async def create_app(
     use_executor: bool = True,
 ) -> web.Application:
     """An app serving ``model`` (anything with ``name``, ``version`` and ``predict_proba``)."""
-    app = web.Application(middlewares=[_errors], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[_measure, _errors], client_max_size=max_body_bytes)
+    app[_METRICS] = ServerMetrics()
     app[_MODEL] = model
     app[_LIMITS] = {"max_batch": max_batch, "max_body_bytes": max_body_bytes}
     app[_EXECUTOR] = None
@@ -247,6 +286,7 @@ async def create_app(
     app.cleanup_ctx.append(executor_ctx)
     name = "{name:[^/:]+}"  # no colon: "<name>:predict" must not match the readiness route
     version = "{version}"
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", v1_models)
     v1 = paths("v1", name)
     app.router.add_get(v1["ready"], v1_model_ready)

@@ -481,3 +481,38 @@ def test_v2_malformed_binary_is_400_with_the_reason(digit_model: Any, cut: int, 
 def test_v2_server_metadata_names_the_binary_extension(digit_model: Any) -> None:
     status, body = against(digit_model, lambda client: get(client, "/v2"))
     assert status == 200 and "binary_tensor_data" in body["extensions"]
+
+
+# -- metrics ------------------------------------------------------------------------
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_requests_by_protocol_and_status_and_batch_sizes(digit_model: Any) -> None:
+    batch = np.zeros((3, 28, 28), np.float32)
+
+    async def scenario(client: TestClient) -> tuple[str, str]:
+        assert (await post(client, "/v2/models/mnist/infer", v2_body(batch)))[0] == 200
+        body, json_length = encode_v2_binary(batch)
+        assert (await post_binary(client, "/v2/models/mnist/infer", body, json_length))[0] == 200
+        assert (await post(client, "/v1/models/mnist:predict", {"instances": batch.tolist()}))[0] == 200
+        assert (await post(client, "/v2/models/mnist/infer", {"inputs": []}))[0] == 400
+        async with client.get("/metrics") as response:
+            return response.headers["Content-Type"], await response.text()
+
+    content_type, text = against(digit_model, scenario)
+    assert content_type.startswith("text/plain")
+    got = samples_of(text)
+    assert got[("streamapp_predictor_requests_total", (("code", "200"), ("protocol", "v2")))] == 2
+    assert got[("streamapp_predictor_requests_total", (("code", "400"), ("protocol", "v2")))] == 1
+    assert got[("streamapp_predictor_requests_total", (("code", "200"), ("protocol", "v1")))] == 1
+    assert got[("streamapp_predictor_request_seconds_count", (("protocol", "v2"),))] == 3
+    assert got[("streamapp_predictor_batch_size_count", ())] == 3  # the 400 never reached the model
+    assert got[("streamapp_predictor_batch_size_sum", ())] == 9
+    for name in ("streamapp_predictor_requests", "streamapp_predictor_request_seconds", "streamapp_predictor_batch_size"):
+        assert f"# HELP {name}" in text
