@@ -31,7 +31,8 @@ def test_two_apps_with_other_settings_live_side_by_side():
 
 def test_the_pages_are_registered_on_their_app():
     app = create_app(Settings(app_id="pages"))
-    assert set(app.web.views) == {"/", "/digits/", "/stats/", "/internal/counts/{table}/"}
+    assert set(app.web.views) == {"/", "/digits/", "/stats/", "/metrics", "/api/dashboard/", "/internal/recent/",
+                                  "/internal/counts/{table}/"}
     # the clients are services of the app, started before its agents
     dependencies = list(app.on_init_dependencies())
     assert dependencies[:2] == [app.storage, app.http]

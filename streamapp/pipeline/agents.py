@@ -42,6 +42,7 @@ from streamapp.kafka.streams import BatchingStream
 from streamapp.pipeline.batching import BatchPolicy
 from streamapp.pipeline.events import Invalid, Skipped, parse_notification
 from streamapp.pipeline.metrics import Metrics
+from streamapp.pipeline.recent import Recent
 from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord
 from streamapp.pipeline.retry import retry_until_done
 
@@ -87,6 +88,8 @@ class Pipeline:
         self.stats: Counter[str] = Counter()
         # Per-worker Prometheus metrics, served at /metrics
         self.metrics = Metrics()
+        # The latest images, dead letters and timings, for the dashboard
+        self.recent = Recent()
         self.metrics.watch_lag(app, (settings.events_topic, settings.tensors_topic, settings.labeled_topic,
                                      settings.dead_letter_topic))
         self.policy = BatchPolicy(settings.batch_max_size, settings.batch_max_delay)
@@ -120,6 +123,8 @@ class Pipeline:
         )
         self.stats[f"dead_letter.{stage}.{error.kind}"] += 1
         self.metrics.dead_letters.labels(stage, error.kind).inc()
+        self.recent.dead_letter(stage=stage, kind=error.kind, reason=str(error),
+                                path=f"s3://{image.bucket}/{image.key}" if image else None)
         # the reason names untrusted keys and text: quoted, so it cannot forge log lines
         log.warning("dead letter from %s (%s): %r", stage, error.kind, str(error))
         await self.dead_letter_topic.send(key=image.path if image else None, value=record)
@@ -237,8 +242,10 @@ class Pipeline:
             await self.label(events[half:], tensors[half:], formed_at)
             return
         predict_seconds = time.perf_counter() - started
-        for event, prediction in zip(events, predictions, strict=True):
+        for event, tensor, prediction in zip(events, tensors, predictions, strict=True):
             record = event.value
+            confidence = max(prediction.probabilities) if prediction.probabilities is not None else None
+            self.recent.image(f"s3://{record.image.bucket}/{record.image.key}", prediction.digit, confidence, tensor)
             timings = dict(record.timings)
             # wait: from the tensor record being produced to its batch being formed
             timings["batch_wait"] = max(0.0, formed_at - event.message.timestamp)
@@ -302,8 +309,10 @@ class Pipeline:
             self.stats["counted"] += 1
             if new:
                 self.metrics.images_counted.labels(str(record.digit)).inc()
-            self.metrics.observe({**record.timings, "archive": time.perf_counter() - started,
-                                  "end_to_end": time.time() - record.received_at})
+            timings = {**record.timings, "archive": time.perf_counter() - started,
+                       "end_to_end": time.time() - record.received_at}
+            self.metrics.observe(timings)
+            self.recent.counted(timings)
 
 
     # -- 4. dead letters -> their table --------------------------------------------

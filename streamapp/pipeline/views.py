@@ -8,6 +8,12 @@ workers' over HTTP) and this worker's own stats. Writes: HTTP responses.
     GET /digits/    {"0": n0, ..., "9": n9}: images counted per digit, all partitions
     GET /stats/     totals and this worker's counters
     GET /metrics    this worker's Prometheus metrics (streamapp.pipeline.metrics)
+    GET /api/dashboard/
+                    every worker's latest images (thumbnails, digit, confidence),
+                    latest dead letters, stage p50 / p99 over the last minute,
+                    and which worker holds which partitions
+    GET /internal/recent/
+                    this worker's part of that, for its peers
     GET /internal/counts/<table>/?partitions=0,1[&replica=standby]
                     this worker's partitions' counts, for its peers
 
@@ -19,15 +25,20 @@ rather than a short count, and readiness probes wait.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from importlib import resources
 
+import aiohttp
 from faust.types import AppT
 from faust.web import Request, Response, View
 
 from streamapp.pipeline.agents import Pipeline
 from streamapp.pipeline.metrics import CONTENT_TYPE
+from streamapp.pipeline.recent import WINDOW_S, merge
 from streamapp.pipeline.totals import Totals, cluster_totals, encode_partition_counts, local_counts
+
+log = logging.getLogger(__name__)
 
 
 def unavailable(view: View, **totals: Totals) -> Response | None:
@@ -37,6 +48,17 @@ def unavailable(view: View, **totals: Totals) -> Response | None:
         return None
     return view.json({"error": "counts of some partitions cannot be read yet (a worker is recovering or "
                                "rebalancing); retry shortly", "missing_partitions": missing}, status=503)
+
+
+async def _recent_of(session: aiohttp.ClientSession, url: str) -> dict | None:
+    """A peer's recent snapshot, or None when it does not answer in time."""
+    try:
+        async with session.get(url + "/internal/recent/", timeout=aiohttp.ClientTimeout(total=2)) as response:
+            if response.status == 200:
+                return await response.json()
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        log.debug("recent of %s: %r", url, exc)
+    return None
 
 
 def register_views(app: AppT, pipeline: Pipeline) -> None:
@@ -92,6 +114,26 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
     class PrometheusMetrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(pipeline.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    @app.page("/api/dashboard/")
+    class DashboardData(View):
+        async def get(self, request: Request) -> Response:
+            me = str(app.conf.canonical_url).rstrip("/")
+            members = {str(url).rstrip("/"): topics
+                       for url, topics in app.router.table_metadata(pipeline.images.name).items()}
+            members.setdefault(me, {})
+            peers = [url for url in members if url != me]
+            answers = await asyncio.gather(*(_recent_of(app.http.session, url) for url in peers))
+            snapshots = [pipeline.recent.snapshot(), *(a for a in answers if a is not None)]
+            topic = pipeline.images.changelog_topic.get_topic_name()
+            workers = [{"url": url, "answered": url == me or answers[peers.index(url)] is not None,
+                        "partitions": sorted(members[url].get(topic, ()))} for url in sorted(members)]
+            return self.json({**merge(snapshots), "workers": workers, "window_s": WINDOW_S})
+
+    @app.page("/internal/recent/")
+    class RecentData(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(pipeline.recent.snapshot())
 
     @app.page("/internal/counts/{table}/")
     class PartitionCounts(View):
