@@ -32,6 +32,19 @@ class InvalidEvent(BadInput):
     kind = "invalid_event"
 
 
+class BucketNotAllowed(BadInput):
+    """A notification names a bucket the workers may not read (``STREAMAPP_SOURCE_BUCKETS``)."""
+
+    kind = "bucket_not_allowed"
+
+
+class KeyNotAllowed(BadInput):
+    """An object key the archive cannot take: it would leave the archive prefix,
+    holds control characters, or makes an archive key over S3's 1,024 bytes."""
+
+    kind = "key_not_allowed"
+
+
 class ObjectNotFound(BadInput):
     """The object (or its bucket) named by an event no longer exists."""
 

@@ -67,6 +67,7 @@ class Settings:
     # -- S3 ------------------------------------------------------------------
     s3_endpoint_url: str | None = _field("AWS_ENDPOINT_URL_S3", None, "S3 endpoint (MinIO, nanio); unset means AWS. AWS_ENDPOINT_URL is honoured too.")
     s3_region: str | None = _field("AWS_REGION", None, "Region for request signing; AWS_DEFAULT_REGION is honoured too.")
+    source_buckets: str = _field("STREAMAPP_SOURCE_BUCKETS", "images", "Comma-separated buckets the workers read images from; a notification naming another bucket is dead-lettered (bucket_not_allowed) with no S3 call. '*' allows any bucket.")
     archive_bucket: str = _field("STREAMAPP_ARCHIVE_BUCKET", "digits", "Bucket the archiver writes labelled images to.")
     archive_prefix: str = _field("STREAMAPP_ARCHIVE_PREFIX", "", "Key prefix inside the archive bucket: keys are <prefix><digit>/<original key>.")
     max_object_bytes: int = _field("STREAMAPP_MAX_OBJECT_BYTES", 10 * 1024 * 1024, "Larger objects are dead-lettered without reading their body.")
@@ -108,7 +109,15 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def allowed_buckets(self) -> frozenset[str] | None:
+        """The buckets of ``STREAMAPP_SOURCE_BUCKETS``; None when any is allowed."""
+        names = [name.strip() for name in self.source_buckets.split(",")]
+        return None if "*" in names else frozenset(names)
+
     def validate(self) -> None:
+        if not all(name.strip() for name in self.source_buckets.split(",")):
+            raise ValueError(f"STREAMAPP_SOURCE_BUCKETS={self.source_buckets!r}: comma-separated bucket names, or '*'")
         if self.transform not in ("mnist", "kserve-sample"):
             raise ValueError(f"STREAMAPP_TRANSFORM={self.transform!r}: expected 'mnist' or 'kserve-sample'")
         if self.predictor_protocol not in ("v1", "v2"):

@@ -195,26 +195,29 @@ class Stack:
             "STREAMAPP_INPUT_BUCKET": self.config.input_bucket,
         }
 
+    def further_worker_env(self) -> dict[str, str]:
+        """What any worker of this stack needs but its own web port and data dir:
+        ``stack.env`` holds it, so a worker started by hand joins the group."""
+        return {
+            **self.client_env(),
+            **tansu.worker_environment(),
+            "WEB_BIND": HOST,
+            "WEB_HOST": HOST,
+            # log lines reach the file as they are written, so a worker
+            # killed -9 leaves its whole log (and tests can follow it)
+            "PYTHONUNBUFFERED": "1",
+            # Faust's own switch to uvloop, as the image sets it
+            "FAUST_LOOP": "uvloop",
+            "TOPIC_PARTITIONS": str(self.config.partitions),
+            "STREAMAPP_PREDICTOR_URL": self.predictor_url or "",
+            "STREAMAPP_SOURCE_BUCKETS": self.config.input_bucket,
+            **self.config.worker_settings,
+        }
+
     def worker_env(self, index: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # no stray AWS_* of the caller's (profiles, other endpoints)
-        env.update(self.client_env())
-        env.update(tansu.worker_environment())
-        env.update(
-            {
-                "WEB_PORT": str(self.web_port(index)),
-                "WEB_BIND": HOST,
-                "WEB_HOST": HOST,
-                "APP_DATADIR": str(self.data_dir / f"worker-{index}"),
-                # log lines reach the file as they are written, so a worker
-                # killed -9 leaves its whole log (and tests can follow it)
-                "PYTHONUNBUFFERED": "1",
-                # Faust's own switch to uvloop, as the image sets it
-                "FAUST_LOOP": "uvloop",
-                "TOPIC_PARTITIONS": str(self.config.partitions),
-                "STREAMAPP_PREDICTOR_URL": self.predictor_url,
-            }
-        )
-        env.update(self.config.worker_settings)
+        env.update(self.further_worker_env())
+        env.update({"WEB_PORT": str(self.web_port(index)), "APP_DATADIR": str(self.data_dir / f"worker-{index}")})
         return env
 
     def start_worker(self, index: int, extra_env: Mapping[str, str] | None = None) -> ManagedProcess:
@@ -256,10 +259,11 @@ class Stack:
         return self.data_dir / "stack.env"
 
     def write_env_file(self) -> None:
-        lines = [f"{key}={shlex.quote(value)}" for key, value in sorted(self.client_env().items())]
+        lines = [f"{key}={shlex.quote(value)}" for key, value in sorted(self.further_worker_env().items())]
         fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write("# written by `streamapp up`: the environment to reach this stack\n")
+            out.write("# written by `streamapp up`: the environment to reach this stack, and all a\n"
+                      "# further worker needs but WEB_PORT and APP_DATADIR (README, \"The embedded stack\")\n")
             out.write("\n".join(lines) + "\n")
 
 

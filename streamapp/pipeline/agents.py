@@ -40,7 +40,7 @@ from streamapp.errors import BadInput, InvalidEvent, PredictorFailed, PredictorR
 from streamapp.imaging.tensor import transform
 from streamapp.kafka.streams import BatchingStream
 from streamapp.pipeline.batching import BatchPolicy
-from streamapp.pipeline.events import Invalid, Skipped, parse_notification
+from streamapp.pipeline.events import Invalid, Skipped, check_source, parse_notification
 from streamapp.pipeline.metrics import Metrics
 from streamapp.pipeline.recent import Recent
 from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord
@@ -174,6 +174,8 @@ class Pipeline:
                     await self.send_dead_letter("events", InvalidEvent(item.reason), event, raw=raw, index=index)
                     continue
                 try:
+                    check_source(item, allowed_buckets=self.settings.allowed_buckets,
+                                 archive_prefix=self.settings.archive_prefix)
                     record = await self.fetch_tensor(item, received_at)
                 except BadInput as exc:
                     await self.send_dead_letter("preprocess", exc, event, image=item, index=index)

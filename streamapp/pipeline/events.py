@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
-from streamapp.errors import InvalidEvent
+from streamapp.errors import BucketNotAllowed, InvalidEvent, KeyNotAllowed
 from streamapp.pipeline.records import ObjectRef
 
 __all__ = [
@@ -133,6 +133,35 @@ def parse_notification(
     if archive_bucket:
         items = [_skip_archive(item, archive_bucket, archive_prefix) for item in items]
     return items
+
+
+#: S3's longest key, in UTF-8 bytes
+MAX_KEY_BYTES = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_source(ref: ObjectRef, *, allowed_buckets: frozenset[str] | None, archive_prefix: str = "") -> None:
+    """Refuse, before any S3 call, an object the workers must not read or cannot archive.
+
+    ``BucketNotAllowed`` for a bucket outside ``allowed_buckets`` (None: any);
+    ``KeyNotAllowed`` for a key that, put under ``<prefix><digit>/``, would
+    leave that prefix once a path is normalised (``..`` segments), holds
+    control characters (S3 signs and lists them unreliably, and logs and
+    pages would carry them), or makes the archive key too long for S3.
+    """
+    if allowed_buckets is not None and ref.bucket not in allowed_buckets:
+        raise BucketNotAllowed(f"bucket {ref.bucket!r} is not one the workers read from "
+                               f"(STREAMAPP_SOURCE_BUCKETS: {', '.join(sorted(allowed_buckets))})")
+    if _CONTROL.search(ref.key):
+        raise KeyNotAllowed(f"key {ref.key!r} holds control characters")
+    if ".." in ref.key.split("/"):
+        # S3 keeps it literally, but anything that maps keys to paths (a sync
+        # to disk, a static site) would resolve it out of <prefix><digit>/
+        raise KeyNotAllowed(f"key {ref.key!r} has a '..' segment: its archive copy would leave "
+                            f"{archive_prefix + '<digit>/'!r} wherever keys become paths")
+    if len(f"{archive_prefix}9/{ref.key}".encode()) > MAX_KEY_BYTES:
+        raise KeyNotAllowed(f"key of {len(ref.key.encode())} bytes: its archive key would pass S3's "
+                            f"{MAX_KEY_BYTES}-byte limit")
 
 
 def is_own_archive_write(bucket: str, key: str, *, archive_bucket: str, archive_prefix: str) -> bool:

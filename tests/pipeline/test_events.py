@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
 
+from streamapp import errors
 from streamapp.errors import InvalidEvent
 from streamapp.pipeline.events import (
     EVENTBRIDGE_REASONS,
     METADATA_ONLY,
     Invalid,
     Skipped,
+    check_source,
     is_own_archive_write,
     parse_notification,
 )
@@ -568,3 +571,44 @@ def test_archive_skip_leaves_skipped_and_invalid_items_alone() -> None:
     items = parse_notification(encode({"Records": [removal, bad]}), archive_bucket="digits-inbox")
     assert items[0].reason == "s3:ObjectRemoved:Delete"
     assert isinstance(items[1], Invalid)
+
+
+# -- which objects the workers may read and archive ------------------------------------
+
+
+def _ref(bucket: str = "images", key: str = "a/b.png") -> ObjectRef:
+    return ObjectRef(bucket=bucket, key=key)
+
+
+@pytest.mark.parametrize("key", ["a.png", "a/b/c.png", "..png", "a/..b/c", "a/./b.png", "/lead.png", "ünï cödé+x 100%.png"])
+def test_ordinary_keys_of_an_allowed_bucket_pass(key: str) -> None:
+    check_source(_ref(key=key), allowed_buckets=frozenset({"images"}), archive_prefix="digits/")
+
+
+def test_a_bucket_outside_the_allowlist_is_refused_and_any_passes_with_none() -> None:
+    with pytest.raises(errors.BucketNotAllowed, match=r"bucket 'secrets' is not one.*images, uploads"):
+        check_source(_ref(bucket="secrets"), allowed_buckets=frozenset({"images", "uploads"}))
+    check_source(_ref(bucket="secrets"), allowed_buckets=None)
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("../../etc/passwd", "'..' segment"),
+    ("a/../../b.png", "'..' segment"),
+    ("a/..", "'..' segment"),
+    ("line\nbreak.png", "control characters"),
+    ("esc\x1b[31m.png", "control characters"),
+    ("nul\x00.png", "control characters"),
+    ("del\x7f.png", "control characters"),
+    ("k" * 1023, "1024-byte limit"),
+    ("é" * 512, "1024-byte limit"),  # 1,024 bytes of key: with "9/" two over
+])
+def test_keys_the_archive_cannot_take_are_refused(key: str, reason: str) -> None:
+    with pytest.raises(errors.KeyNotAllowed, match=re.escape(reason)) as caught:
+        check_source(_ref(key=key), allowed_buckets=None)
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)  # the reason quotes the key
+
+
+def test_the_longest_key_that_fits_passes() -> None:
+    check_source(_ref(key="k" * (1024 - len("digits/9/"))), allowed_buckets=None, archive_prefix="digits/")
+    with pytest.raises(errors.KeyNotAllowed):
+        check_source(_ref(key="k" * (1025 - len("digits/9/"))), allowed_buckets=None, archive_prefix="digits/")

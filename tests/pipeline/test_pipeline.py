@@ -126,6 +126,13 @@ def test_bad_inputs_go_to_dead_letters_while_good_images_flow(stack, samples, tm
     good_record = json.loads(gone_value)
     missing_key = json.loads(gone_value)
     del missing_key["Records"][0]["s3"]["object"]["key"]
+    # objects the workers must not read, or cannot archive: refused before any S3 call
+    # (a GET of a bucket that does not exist would have been object_not_found)
+    refused = [
+        ObjectRef(bucket="elsewhere", key=run + "outside.png", etag="2" * 32, size=10),
+        ObjectRef(bucket=stack.config.input_bucket, key=run + "escape/../../../x.png", etag="3" * 32, size=10),
+        ObjectRef(bucket=stack.config.input_bucket, key=run + "forged\nlog line.png", etag="4" * 32, size=10),
+    ]
     produce(
         stack,
         stack.settings.events_topic,
@@ -134,6 +141,7 @@ def test_bad_inputs_go_to_dead_letters_while_good_images_flow(stack, samples, tm
             (b"junk", json.dumps({"hello": "world"}).encode()),
             (b"junk", json.dumps(missing_key).encode()),
             (gone_key, json.dumps(good_record).encode()),
+            *(minio_notification(ref) for ref in refused),
         ],
     )
     # a tensor from a foreign producer that the predictor refuses (values far out of range)
@@ -154,6 +162,9 @@ def test_bad_inputs_go_to_dead_letters_while_good_images_flow(stack, samples, tm
         run + "blank.png": "empty_image",
         run + "never-uploaded.png": "object_not_found",
         run + "rogue-tensor": "predictor_rejected",
+        run + "outside.png": "bucket_not_allowed",
+        run + "escape/../../../x.png": "key_not_allowed",
+        run + "forged\nlog line.png": "key_not_allowed",
     }
 
     def by_key() -> dict[str, dict]:
@@ -171,6 +182,8 @@ def test_bad_inputs_go_to_dead_letters_while_good_images_flow(stack, samples, tm
         assert record["topic"] and record["offset"] >= 0
     assert found[run + "rogue-tensor"]["stage"] == "inference"
     assert found[run + "never-uploaded.png"]["stage"] == "preprocess"
+    assert "STREAMAPP_SOURCE_BUCKETS" in found[run + "outside.png"]["reason"]
+    assert found[run + "outside.png"]["image"]["bucket"] == "elsewhere"
 
     # notifications that are not usable: the original text is kept with the reason
     events = [r for r in read_topic(stack, stack.settings.dead_letter_topic) if r["stage"] == "events"]
