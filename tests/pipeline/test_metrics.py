@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections import Counter
 
@@ -66,3 +67,16 @@ def test_metrics_move_with_the_images_and_the_counter_equals_the_counted_images(
                                      if n == "streamapp_consumer_lag"}) and not any(lag.values()) and lag,
                     timeout=SETTLE, what="the consumer lag to drain")
     assert {dict(labels_)["topic"] for labels_ in lags} >= topics
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_nothing_on_the_web_server_writes_or_deletes(stack, method):
+    for path in ("/", "/digits/", "/stats/", "/metrics", "/api/dashboard/", "/internal/recent/",
+                 "/internal/counts/images/?partitions=0"):
+        request = urllib.request.Request(stack.web_url() + path, data=b"{}", method=method)  # noqa: S310 (loopback)
+        try:
+            urllib.request.urlopen(request, timeout=5)  # noqa: S310 (loopback)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 405, (method, path, exc.code)
+        else:
+            raise AssertionError(f"{method} {path} was accepted")
