@@ -6,6 +6,7 @@
     streamapp bench       throughput and latency, side by side with the sample's path
     streamapp dead-letters list|redrive
                           the latest dead letters; re-publish the notifications they failed on
+    streamapp capacity    partitions, workers, predictors and KEDA bounds for a rate, from a bench JSON
 
 The worker itself is Faust's own command: ``faust -A streamapp worker``.
 """
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", help="list the dead letters, or redrive them (list|redrive)", add_help=False)
     dead.set_defaults(func=cmd_dead_letters)
+
+    sub.add_parser("capacity", help="partitions, workers, predictors, KEDA bounds for a rate, from a bench JSON",
+                   add_help=False).set_defaults(func=cmd_capacity)
     return parser
 
 
@@ -182,6 +186,12 @@ def cmd_dead_letters(args: argparse.Namespace, rest: list[str]) -> int:
     return dead_letters.main(rest)
 
 
+def cmd_capacity(args: argparse.Namespace, rest: list[str]) -> int:
+    from streamapp.tools import capacity
+
+    return capacity.main(rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command in ("predictor", "bench", "dead-letters"):
+    if args.command in ("predictor", "bench", "dead-letters", "capacity"):
         return args.func(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
