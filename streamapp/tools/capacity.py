@@ -123,7 +123,7 @@ class Assumptions:
     partitions_now: int = _opt(8, "TOPIC_PARTITIONS and KEDA maxReplicaCount now")
     lag_threshold_now: int = _opt(2000, "KEDA lagThreshold now")
     predictor_max_now: int = _opt(4, "predictor HPA maxReplicas now")
-    predictor_request_now: float = _opt(0.5, "predictor CPU request now, cores: the HPA's target is a share of it")
+    predictor_request_now: float = _opt(1.0, "predictor CPU request now, cores: the HPA's target is a share of it")
     worker_volume_gib: float = _opt(2.0, "each worker's volume for its tables now, GiB")
 
     def __post_init__(self) -> None:

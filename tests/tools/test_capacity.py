@@ -120,7 +120,7 @@ def test_the_deployment_as_it_is_reaches_its_partitions_first():
     assert capacity.plan(500, M, A).next_limit == first
     now = capacity.deployment_now(M, A)
     assert now["floor_rate"] == pytest.approx(140) and now["lag_threshold_s"] == pytest.approx(2000 / 70)
-    assert now["hpa_replica_rate"] == pytest.approx(0.7 * 0.5 * 1000 / 2)  # 70% of a 500m request
+    assert now["hpa_replica_rate"] == pytest.approx(0.7 * 1.0 * 1000 / 2)  # 70% of a one-core request
 
 
 def test_the_table_has_a_column_per_rate_and_a_row_per_figure():
