@@ -17,7 +17,7 @@ def test_bench_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, "-m", "streamapp", "bench", "--images", "40", "--rate", "20", "--latency-seconds", "1",
-         "--baseline-images", "10", "--predictor-seconds", "0.2", "--data-dir", str(tmp_path / "stack"),
+         "--baseline-images", "10", "--rounds", "2", "--predictor-seconds", "0.2", "--data-dir", str(tmp_path / "stack"),
          "--entries", "0,3000", "--profile", str(tmp_path / "profile"), "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
@@ -31,13 +31,19 @@ def test_bench_reports_every_figure(tmp_path):
     for section in ("pipeline", "baseline", "ceiling", "direct"):
         assert positive(results[section]["images_per_s"]), section
         assert positive(results[section]["cpu_ms_per_image"]["bench_client"]) or section == "pipeline", section
-    assert results["pipeline"]["images"] == results["direct"]["images"] == 40
+    assert results["pipeline"]["images"] == results["direct"]["images"] == results["ceiling"]["images"] == 40
+    assert results["baseline"]["images"] == 10
+    # the compared phases took turns: each ratio also per round
+    assert all(len(results["pipeline"][key]) == 2 for key in ("rounds_images_per_s",))
+    assert set(results["ratios_by_round"]) == set(results["ratios"])
+    assert all(len(v) == 2 and all(positive(x) for x in v) for v in results["ratios_by_round"].values())
     latency = results["latency"]
     assert latency["images"] == 20
     assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["p99_s"] <= latency["max_s"]
     assert set(latency["stages_p50_s"]) == {"s3_get", "transform", "batch_wait", "predict", "archive"}
     assert all(positive(v) for v in latency["stages_p50_s"].values())
-    assert set(results["predictor"]) == {f"batch_{b}_images_per_s" for b in (1, 8, 32, 128)}
+    runs = [f"batch_{b}" for b in (1, 8, 32, 128)] + ["batch_32_json"]
+    assert set(results["predictor"]) == {f"{run}_{figure}" for run in runs for figure in ("images_per_s", "cpu_ms_per_image")}
     assert all(positive(v) for v in results["predictor"].values())
     # where the CPU went, per image, for each process of the stack
     assert set(results["pipeline"]["cpu_ms_per_image"]) == {"workers", "s3_server", "predictor", "broker", "bench_client"}
@@ -65,3 +71,19 @@ def test_bench_reports_every_figure(tmp_path):
     for line in ("pipeline / baseline", "pipeline / ceiling", "pipeline / direct", "worker CPU / bare S3 client CPU",
                  "latency p99", "worker start to first counted", "CPU per image, pipeline", "worker-0: s3 client"):
         assert line in run.stdout
+
+
+def test_rounds_combine_into_one_run_weighted_by_images():
+    from streamapp.tools.bench import combine
+
+    rounds = [
+        {"images": 100, "seconds": 2.0, "images_per_s": 50.0, "concurrency": 8,
+         "cpu_ms_per_image": {"workers": 10.0, "s3_server": 4.0}, "profile": {"worker-0": {"s3": 0.5, "kafka": 0.5}}},
+        {"images": 300, "seconds": 3.0, "images_per_s": 100.0, "concurrency": 8,
+         "cpu_ms_per_image": {"workers": 6.0, "s3_server": 2.0}, "profile": {"worker-0": {"s3": 0.3, "loop": 0.7}}},
+    ]
+    combined = combine(rounds)
+    assert combined["images"] == 400 and combined["seconds"] == 5.0 and combined["images_per_s"] == 80.0
+    assert combined["cpu_ms_per_image"] == {"workers": 7.0, "s3_server": 2.5}
+    assert combined["rounds_images_per_s"] == [50.0, 100.0] and combined["concurrency"] == 8
+    assert combined["profile"]["worker-0"] == pytest.approx({"s3": 0.4, "kafka": 0.25, "loop": 0.35})
