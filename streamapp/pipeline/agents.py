@@ -11,7 +11,7 @@
 Delivery is at least once: an event is acked (its offset committable) only
 after everything it produced has been sent, and Faust flushes the producer
 before it commits. Rebalances replay what was processed since the last commit,
-so every sink is idempotent: the archive rewrites the same key, and the tally
+so every sink is idempotent: the archive rewrites the same key, and the archive agent
 *sets* a key per image version instead of incrementing a counter, so a replay
 cannot count an image twice. Counts per digit are derived from that set.
 
