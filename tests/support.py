@@ -248,3 +248,13 @@ def event_fixture(name: str) -> bytes:
 
 def event_fixture_doc(name: str) -> dict[str, Any]:
     return json.loads(event_fixture(name))
+
+
+class Clock:
+    """A clock a test moves by hand (``clock.now += seconds``), for code that takes one."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

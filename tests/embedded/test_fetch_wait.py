@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from streamapp.embedded.tansu import IdleFetchWait
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import Clock
 
 
 def test_the_busy_wait_holds_while_records_come_and_through_a_short_pause() -> None:

@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 
 from streamapp.pipeline.recent import EDGES, Recent, histogram, merge, quantile, thumbnail
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import Clock
 
 
 def test_thumbnail_is_the_tensor_as_a_png_data_url() -> None:
@@ -59,7 +52,7 @@ def test_recent_keeps_the_newest_and_only_the_window_of_timings() -> None:
 
 
 def test_merge_takes_the_newest_of_all_workers_and_sums_their_timings() -> None:
-    a, b = Clock(), Clock()
+    a, b = Clock(1000.0), Clock(1000.0)
     first, second = Recent(clock=a), Recent(clock=b)
     first.image("s3://in/old.png", 1, 0.5, np.zeros((28, 28), np.float32))
     b.now += 5
