@@ -18,6 +18,7 @@ from streamapp.embedded.notifications import minio_notification
 from streamapp.embedded.stack import Stack
 from streamapp.pipeline.records import ObjectRef, TensorRecord
 from tests.support import (
+    SETTLE,
     digit_counts,
     http_json,
     produce,
@@ -138,6 +139,14 @@ def test_two_workers_share_partitions_and_count_exactly(tmp_path_factory, sample
         # both workers answer for all partitions (each asks the other for its own)
         assert wait_counts(stack, labels, worker=0) == labels
         assert digit_counts(stack, 1) == labels
+        # the dashboard's data, from either worker: both workers, their partitions disjoint and complete
+        for index in (0, 1):
+            dashboard = wait_for(lambda index=index: (d := http_json(stack.web_url(index) + "/api/dashboard/"))
+                                 and len(d["workers"]) == 2 and all(w["answered"] for w in d["workers"]) and d,
+                                 timeout=SETTLE, what="both workers on the dashboard")
+            held = [p for w in dashboard["workers"] for p in w["partitions"]]
+            assert sorted(held) == [0, 1, 2, 3], dashboard["workers"]
+            assert dashboard["images"]  # the latest images, whichever worker classified them
         stats = [http_json(stack.web_url(i) + "/stats/")["worker"]["counters"] for i in (0, 1)]
         print("per-worker counters after the rebalances:", stats)
         assert not dead_letters_under(stack, "scale/")
