@@ -94,6 +94,14 @@ class PredictorFailed(BadInput):
     kind = "predictor_failed"
 
 
+class ObjectAccessDenied(BadInput):
+    """S3 kept refusing (403) this one object while it answered for its bucket:
+    a policy, an encryption key the worker may not use, or a key the server
+    cannot sign, not S3 being down."""
+
+    kind = "object_access_denied"
+
+
 class InvalidTensor(BadInput):
     """A tensor record whose payload is not a 28x28 float32 tensor."""
 
@@ -108,7 +116,15 @@ class DependencyDown(StreamappError):
 
 
 class StorageUnavailable(DependencyDown):
-    """S3 could not be reached, or answered 5xx / throttling."""
+    """S3 could not be reached, or answered 5xx / throttling / access denied.
+
+    ``status`` is the HTTP status when S3 answered, None when it could not be
+    reached at all.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PredictorUnavailable(DependencyDown):

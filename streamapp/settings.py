@@ -72,6 +72,7 @@ class Settings:
     archive_prefix: str = _field("STREAMAPP_ARCHIVE_PREFIX", "", "Key prefix inside the archive bucket: keys are <prefix><digit>/<original key>.")
     max_object_bytes: int = _field("STREAMAPP_MAX_OBJECT_BYTES", 10 * 1024 * 1024, "Larger objects are dead-lettered without reading their body.")
     max_pixels: int = _field("STREAMAPP_MAX_PIXELS", 40_000_000, "Images with more pixels (read from the header) are dead-lettered without decoding.")
+    s3_max_denials: int = _field("STREAMAPP_S3_MAX_DENIALS", 3, "403 answers for one object, while S3 answers HeadBucket for its bucket, before the object is dead-lettered (object_access_denied) instead of waited for.")
     s3_max_connections: int = _field("STREAMAPP_S3_MAX_CONNECTIONS", 32, "Connection pool size of the one S3 client.")
     # -- preprocessing --------------------------------------------------------
     transform: str = _field("STREAMAPP_TRANSFORM", "mnist", "'mnist' (find, fit and centre the digit, for real photos) or 'kserve-sample' (the sample's gray/invert/resize).")
@@ -126,7 +127,7 @@ class Settings:
             raise ValueError(f"STREAMAPP_PREDICTOR_BINARY={self.predictor_binary!r}: expected 'auto', 'on' or 'off'")
         fields = {f.name: f.metadata["env"] for f in dataclasses.fields(self)}
         for name in ("batch_max_size", "preprocess_concurrency", "archive_concurrency", "max_object_bytes", "max_pixels",
-                     "s3_max_connections", "predictor_max_failures"):
+                     "s3_max_connections", "predictor_max_failures", "s3_max_denials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{fields[name]}={getattr(self, name)!r}: must be >= 1")
         for name in ("batch_max_delay", "retry_initial"):

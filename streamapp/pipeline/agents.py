@@ -30,13 +30,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from faust.types import AppT, EventT, StreamT
 
-from streamapp.errors import BadInput, InvalidEvent, PredictorFailed, PredictorRejected, PredictorUnavailable
+from streamapp.errors import (
+    BadInput,
+    InvalidEvent,
+    ObjectAccessDenied,
+    PredictorFailed,
+    PredictorRejected,
+    PredictorUnavailable,
+    StorageUnavailable,
+)
 from streamapp.imaging.tensor import transform
 from streamapp.kafka.streams import BatchingStream
 from streamapp.pipeline.batching import BatchPolicy
@@ -47,6 +55,8 @@ from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, Ten
 from streamapp.pipeline.retry import retry_until_done
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: how much of an unparseable notification a dead letter keeps
 _MAX_EVENT_TEXT = 64 * 1024
@@ -133,17 +143,39 @@ class Pipeline:
     # -- 1. events -> preprocess -> tensors ----------------------------------------
 
 
+    async def s3_call(self, call: Callable[[], Awaitable[T]], *, what: str, bucket: str) -> T:
+        """An S3 call on one object, retried while S3 is down.
+
+        S3 refusing (403) this object while it answers HeadBucket for its
+        bucket is about the object (a policy, a KMS key, a key the server
+        cannot sign), not S3: after ``s3_max_denials`` such answers this
+        raises ``ObjectAccessDenied``. Refused everywhere (wrong credentials):
+        retried without end.
+        """
+        denials = 0
+
+        async def attempt() -> T:
+            nonlocal denials
+            try:
+                return await call()
+            except StorageUnavailable as exc:
+                if exc.status == 403 and await self.app.storage.bucket_answers(bucket):
+                    denials += 1
+                    if denials >= self.settings.s3_max_denials:
+                        raise ObjectAccessDenied(f"{exc} ({denials} times, while S3 answered for bucket "
+                                                 f"{bucket!r})") from exc
+                raise
+
+        return await retry_until_done(attempt, what=what, initial=self.settings.retry_initial,
+                                      maximum=self.settings.retry_max, on_retry=self.metrics.retries.labels("s3").inc)
+
+
     async def fetch_tensor(self, ref: ObjectRef, received_at: float) -> TensorRecord:
         """GetObject (retried while S3 is down) and normalize it off the event loop."""
         started = time.perf_counter()
         with self.metrics.in_flight.labels("preprocess").track_inprogress():
-            data = await retry_until_done(
-                lambda: self.app.storage.get(ref),
-                what="GetObject " + repr(f"s3://{ref.bucket}/{ref.key}"),
-                initial=self.settings.retry_initial,
-                maximum=self.settings.retry_max,
-                on_retry=self.metrics.retries.labels("s3").inc,
-            )
+            data = await self.s3_call(lambda: self.app.storage.get(ref),
+                                      what="GetObject " + repr(f"s3://{ref.bucket}/{ref.key}"), bucket=ref.bucket)
             fetched = time.perf_counter()
             tensor = await transform(data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
             done = time.perf_counter()
@@ -293,13 +325,9 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 with self.metrics.in_flight.labels("archive").track_inprogress():
-                    await retry_until_done(
-                        lambda record=record: self.app.storage.archive(record.image, record.digit),
-                        what="archive " + repr(f"s3://{record.image.bucket}/{record.image.key}"),
-                        initial=self.settings.retry_initial,
-                        maximum=self.settings.retry_max,
-                        on_retry=self.metrics.retries.labels("s3").inc,
-                    )
+                    await self.s3_call(lambda record=record: self.app.storage.archive(record.image, record.digit),
+                                       what="archive " + repr(f"s3://{record.image.bucket}/{record.image.key}"),
+                                       bucket=record.image.bucket)
             except BadInput as exc:
                 await self.send_dead_letter("archive", exc, event, image=record.image)
                 continue

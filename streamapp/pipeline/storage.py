@@ -47,7 +47,7 @@ def _map_client_error(exc: ClientError, what: str) -> Exception:
     # 403 and friends are treated as a dependency fault: with wrong credentials
     # or policies every object fails alike, and dead-lettering them all would
     # lose the stream. The input waits, and the log says why.
-    return StorageUnavailable(f"{what}: S3 answered {status} {code}: {exc}")
+    return StorageUnavailable(f"{what}: S3 answered {status} {code}: {exc}", status=status)
 
 
 def s3_session() -> AioSession:
@@ -152,6 +152,15 @@ class Storage(Service):
         except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
         return key
+
+    async def bucket_answers(self, bucket: str) -> bool:
+        """Whether S3 answers HeadBucket for ``bucket``: it is up, and these credentials may use it."""
+        try:
+            await self.client.head_bucket(Bucket=bucket)
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.debug("HeadBucket %r: %r", bucket, exc)
+            return False
+        return True
 
     async def _bucket_exists(self, bucket: str) -> bool:
         try:

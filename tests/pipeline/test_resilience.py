@@ -8,6 +8,7 @@ its outages.
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
@@ -189,5 +190,34 @@ def test_an_input_the_predictor_fails_on_is_dead_lettered_while_the_rest_flows(t
         assert dead["kind"] == "predictor_failed" and dead["stage"] == "inference"
         assert "answered 500" in dead["reason"] and "answered a blank image" in dead["reason"]
         assert len(dead_letters_under(stack, "poison/")) == 1  # only the poison, none of the images around it
+    finally:
+        stack.stop()
+
+
+def test_wrong_credentials_are_waited_for_not_dead_lettered(tmp_path, samples):
+    """S3 refusing every request (403 everywhere, HeadBucket too) is S3's fault for the
+    worker: nothing is dead-lettered or counted until the credentials are right."""
+    wrong = {"AWS_SECRET_ACCESS_KEY": "x" * 40}  # any secret but the server's
+    stack = start_stack(tmp_path / "stack", **wrong, STREAMAPP_RETRY_MAX="0.5", STREAMAPP_S3_MAX_DENIALS="2")
+    try:
+        labels = tricky_copies(samples[:8], tmp_path, folder="denied")
+        upload_files(stack, [tmp_path / "denied"], prefix="denied/")  # the uploader has the right secret
+
+        def retries() -> float:
+            text = urllib.request.urlopen(stack.web_url() + "/metrics", timeout=5).read().decode()  # noqa: S310
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith('streamapp_retries_total{dependency="s3"}'))
+
+        # many more refusals than S3_MAX_DENIALS, and still nothing given up on
+        wait_for(lambda: retries() >= 20, timeout=60, what="the worker to keep retrying")
+        assert not dead_letters_under(stack, "denied/")
+        assert sum(digit_counts(stack).values()) == 0
+        # the right secret: everything flows, nothing was lost
+        stack.stop_worker(0)
+        stack.config.worker_settings.pop("AWS_SECRET_ACCESS_KEY")
+        stack.start_worker(0)
+        stack.wait_worker_ready(0)
+        wait_counts(stack, Counter(labels.values()))
+        assert not dead_letters_under(stack, "denied/")
     finally:
         stack.stop()

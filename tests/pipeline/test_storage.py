@@ -32,6 +32,8 @@ def test_s3_errors_map_to_bad_input_or_dependency_down(code, status, kind):
     error = _map_client_error(client_error(code, status), "GetObject s3://b/k")
     assert isinstance(error, kind)
     assert "s3://b/k" in str(error)
+    if isinstance(error, errors.StorageUnavailable):
+        assert error.status == status  # a 403 is told apart from an outage (Pipeline.s3_call)
 
 
 def test_archive_key_keeps_the_original_key():
