@@ -148,6 +148,49 @@ def ink_image(gray: np.ndarray) -> np.ndarray:
 _PAD = 16
 
 
+#: a ruled or grid line runs across at least this share of the image; a digit's
+#: own longest stroke (a 7's bar, tightly cropped) spans ~55% of a 28 px image
+_LINE_SPAN = 0.85
+
+
+def without_lines(ink: np.ndarray) -> np.ndarray:
+    """``ink`` with ruled and grid lines taken out: two or more parallel,
+    straight horizontal or vertical runs of ink across most of the image,
+    which no digit has. Where a line crossed a stroke the gap is closed again
+    along the line's width."""
+    height, width = ink.shape
+    if min(height, width) < 40:  # a tight crop, MNIST-sized: nothing to rule
+        return ink
+    flat = ink.ravel()
+    median = float(np.median(flat))
+    noise = 1.4826 * float(np.median(np.abs(flat - median)))
+    # what stands out of the paper: lines are fainter than ink, but a quantised
+    # gradient's steps (a palette image) are fainter still
+    marked = (ink > max(median + 4 * noise, 0.2 * _kth_largest(flat))).astype(np.uint8)
+    lines = np.zeros_like(marked)
+    for length, horizontal in ((round(width * _LINE_SPAN), True), (round(height * _LINE_SPAN), False)):
+        # bridge the breaks noise and JPEG leave in a thin line, then keep only long runs
+        bridge = np.ones((1, 9) if horizontal else (9, 1), np.uint8)
+        kernel = np.ones((1, length) if horizontal else (length, 1), np.uint8)
+        found = cv2.morphologyEx(cv2.morphologyEx(marked, cv2.MORPH_CLOSE, bridge), cv2.MORPH_OPEN, kernel)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
+        # thin runs only: a band of shade (a quantised gradient) spans the image too
+        across = stats[1:, cv2.CC_STAT_HEIGHT if horizontal else cv2.CC_STAT_WIDTH]
+        thin = np.flatnonzero(across <= max(6, 0.02 * (height if horizontal else width))) + 1
+        # ruled paper has several parallel lines; one long run alone may be a digit's
+        # own stroke (a tightly cropped 1), so it stays
+        if len(thin) >= 2:
+            lines |= np.isin(labels, thin).astype(np.uint8)
+    if not lines.any():
+        return ink
+    # the lines' full width, soft edges included
+    lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
+    cleaned = np.where(lines.astype(bool), np.minimum(ink, 0.0), ink).astype(np.float32)
+    # strokes the lines crossed: close the cut across it (a line is at most a few px wide)
+    across = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    return np.where(lines.astype(bool), np.maximum(cleaned, across), cleaned).astype(np.float32)
+
+
 def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Binary mask of the digit's strokes, plus the background floor and ink level.
 
@@ -210,7 +253,7 @@ def normalize_mnist(gray: np.ndarray) -> np.ndarray:
     if max(height, width) > WORK_SIDE:
         scale = WORK_SIDE / max(height, width)
         gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    ink = ink_image(gray)
+    ink = without_lines(ink_image(gray))
     mask, floor, level = digit_mask(ink)
     ink = np.maximum(ink, 0.0)
     # strokes at full strength, background and specks at zero, edges kept soft

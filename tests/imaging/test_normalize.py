@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from streamapp.errors import EmptyImage
+from streamapp.imaging.normalize import without_lines
 from streamapp.imaging.tensor import to_tensor
 from tests.imaging.drawing import centre_of_mass, encode, glyph, ink_box, on_paper, seven, similar
 
@@ -147,3 +148,40 @@ def test_flat_colour_is_empty(mode):
 def test_fully_transparent_is_empty():
     with pytest.raises(EmptyImage):
         to_tensor(encode(np.zeros((40, 40, 4), np.float32)))
+
+
+# -- ruled and grid lines ---------------------------------------------------------------
+
+
+def _ruled(canvas: tuple[int, int] = (300, 400), spacing: int = 30, squared: bool = False) -> np.ndarray:
+    """Signed ink (as ink_image gives it): faint lines across the page, a strong digit-like blob."""
+    ink = np.zeros(canvas, np.float32)
+    ink[10::spacing, :] = 0.3
+    if squared:
+        ink[:, 10::spacing] = 0.3
+    ink[100:200, 150:165] = 0.9  # a stroke
+    ink[100:112, 150:230] = 0.9  # and a bar, as a 7's
+    return ink
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_ruled_and_grid_lines_are_taken_out_and_the_digit_kept(squared):
+    ink = _ruled(squared=squared)
+    cleaned = without_lines(ink)
+    assert cleaned[40, 10:100].max() < 0.05  # a line away from the digit: gone
+    if squared:
+        assert cleaned[250, 40] < 0.05
+    assert cleaned[150, 157] > 0.8 and cleaned[105, 200] > 0.8  # the strokes stay
+    assert cleaned[130, 157] > 0.8  # where a line crossed the stroke, closed again
+
+
+def test_one_long_stroke_alone_is_a_digit_not_a_line():
+    ink = np.zeros((200, 60), np.float32)
+    ink[5:195, 25:35] = 0.9  # a tightly cropped 1, top to bottom
+    assert np.array_equal(without_lines(ink), ink)
+
+
+def test_a_quantised_gradient_is_not_taken_for_lines():
+    ink = np.repeat((np.arange(300) // 20 * 0.02).astype(np.float32)[:, None], 400, axis=1)  # shade in steps
+    ink[100:200, 150:165] = 0.9
+    assert np.array_equal(without_lines(ink), ink)
