@@ -81,16 +81,40 @@ def decode_partition_counts(data: Mapping[str, Mapping[str, int]]) -> dict[int, 
     return {int(p): {raw.encode("utf-8"): int(n) for raw, n in c.items()} for p, c in data.items()}
 
 
+def this_worker(app: AppT) -> str:
+    """This worker's URL, as its peers know it."""
+    return str(app.conf.canonical_url).rstrip("/")
+
+
+def members(app: AppT, table: CollectionT) -> dict[str, list[int]]:
+    """Every worker of the group by URL, this one included, with the partitions
+    of ``table`` Faust assigned it (its active ones)."""
+    topic = table.changelog_topic_name  # type: ignore[attr-defined]
+    found = {str(url).rstrip("/"): sorted(topics.get(topic, ()))
+             for url, topics in app.router.table_metadata(table.name).items()}
+    found.setdefault(this_worker(app), [])
+    return found
+
+
+async def peer_json(session: aiohttp.ClientSession, url: str, *, timeout: float,
+                    params: Mapping[str, str] | None = None) -> Any:
+    """A peer's JSON answer to ``GET url``, or None when it does not answer 200 in time."""
+    try:
+        async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status == 200:
+                return await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        log.debug("GET %s %s: %r", url, params or "", exc)
+    return None
+
+
 async def _ask(session: aiohttp.ClientSession, url: str, table: CollectionT, partitions: list[int],
                timeout: float, replica: str = "active") -> dict[int, dict[bytes, int]]:
-    target = url.rstrip("/") + COUNTS_PATH.format(table=table.name)
     params = {"partitions": ",".join(map(str, partitions)), "replica": replica}
+    answer = await peer_json(session, url + COUNTS_PATH.format(table=table.name), timeout=timeout, params=params)
     try:
-        async with session.get(target, params=params, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            if response.status != 200:
-                return {}
-            return decode_partition_counts((await response.json())["partitions"])
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+        return decode_partition_counts(answer["partitions"]) if answer is not None else {}
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         log.debug("counts of %s partitions %s from %s: %r", table.name, partitions, url, exc)
         return {}
 
@@ -98,12 +122,11 @@ async def _ask(session: aiohttp.ClientSession, url: str, table: CollectionT, par
 async def cluster_totals(app: AppT, table: CollectionT, session: aiohttp.ClientSession, *,
                          timeout: float = 2.0) -> Totals:
     """Counts of ``table`` over all its partitions, from any worker."""
-    topic = table.changelog_topic_name  # type: ignore[attr-defined]
     # the changelog has its source topic's partitions (Faust refuses another
     # count), TOPIC_PARTITIONS unless the table says otherwise
     total = table.partitions or app.conf.topic_partitions
     wanted = list(range(total))
-    me = str(app.conf.canonical_url).rstrip("/")
+    me = this_worker(app)
     found: dict[int, Mapping[bytes, int]] = {}
     sources: dict[int, str] = {}
 
@@ -115,11 +138,7 @@ async def cluster_totals(app: AppT, table: CollectionT, session: aiohttp.ClientS
 
     take(local_counts(app, table, wanted), wanted, "local")
     # the owners of the rest, by Faust's assignment: host URL -> partitions
-    peers: dict[str, list[int]] = {}
-    for url, topics in app.router.table_metadata(table.name).items():
-        url = str(url).rstrip("/")
-        if url != me:
-            peers[url] = sorted(p for p in topics.get(topic, ()) if p not in found)
+    peers = {url: [p for p in parts if p not in found] for url, parts in members(app, table).items() if url != me}
     asked = {url: parts for url, parts in peers.items() if parts}
     answers = await asyncio.gather(*(_ask(session, url, table, parts, timeout) for url, parts in asked.items()))
     for (url, parts), answer in zip(asked.items(), answers, strict=True):

@@ -25,20 +25,27 @@ rather than a short count, and readiness probes wait.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from importlib import resources
 
-import aiohttp
 from faust.types import AppT
 from faust.web import Request, Response, View
 
 from streamapp.pipeline.agents import Pipeline
 from streamapp.pipeline.metrics import CONTENT_TYPE
 from streamapp.pipeline.recent import WINDOW_S, merge
-from streamapp.pipeline.totals import Totals, cluster_totals, encode_partition_counts, local_counts
+from streamapp.pipeline.totals import (
+    Totals,
+    cluster_totals,
+    encode_partition_counts,
+    local_counts,
+    members,
+    peer_json,
+    this_worker,
+)
 
-log = logging.getLogger(__name__)
+#: the internal page a worker serves its recent data on, for its peers' dashboards
+RECENT_PATH = "/internal/recent/"
 
 
 def unavailable(view: View, **totals: Totals) -> Response | None:
@@ -48,17 +55,6 @@ def unavailable(view: View, **totals: Totals) -> Response | None:
         return None
     return view.json({"error": "counts of some partitions cannot be read yet (a worker is recovering or "
                                "rebalancing); retry shortly", "missing_partitions": missing}, status=503)
-
-
-async def _recent_of(session: aiohttp.ClientSession, url: str) -> dict | None:
-    """A peer's recent snapshot, or None when it does not answer in time."""
-    try:
-        async with session.get(url + "/internal/recent/", timeout=aiohttp.ClientTimeout(total=2)) as response:
-            if response.status == 200:
-                return await response.json()
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-        log.debug("recent of %s: %r", url, exc)
-    return None
 
 
 def register_views(app: AppT, pipeline: Pipeline) -> None:
@@ -118,19 +114,18 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
     @app.page("/api/dashboard/")
     class DashboardData(View):
         async def get(self, request: Request) -> Response:
-            me = str(app.conf.canonical_url).rstrip("/")
-            members = {str(url).rstrip("/"): topics
-                       for url, topics in app.router.table_metadata(pipeline.images.name).items()}
-            members.setdefault(me, {})
-            peers = [url for url in members if url != me]
-            answers = await asyncio.gather(*(_recent_of(app.http.session, url) for url in peers))
-            snapshots = [pipeline.recent.snapshot(), *(a for a in answers if a is not None)]
-            topic = pipeline.images.changelog_topic.get_topic_name()
-            workers = [{"url": url, "answered": url == me or answers[peers.index(url)] is not None,
-                        "partitions": sorted(members[url].get(topic, ()))} for url in sorted(members)]
-            return self.json({**merge(snapshots), "workers": workers, "window_s": WINDOW_S})
+            me = this_worker(app)
+            held = members(app, pipeline.images)
+            peers = [url for url in held if url != me]
+            answers = await asyncio.gather(*(peer_json(app.http.session, url + RECENT_PATH, timeout=2.0)
+                                             for url in peers))
+            snapshots = {me: pipeline.recent.snapshot(), **dict(zip(peers, answers, strict=True))}
+            workers = [{"url": url, "answered": snapshots[url] is not None, "partitions": held[url]}
+                       for url in sorted(held)]
+            merged = merge(snapshot for snapshot in snapshots.values() if snapshot is not None)
+            return self.json({**merged, "workers": workers, "window_s": WINDOW_S})
 
-    @app.page("/internal/recent/")
+    @app.page(RECENT_PATH)
     class RecentData(View):
         async def get(self, request: Request) -> Response:
             return self.json(pipeline.recent.snapshot())
