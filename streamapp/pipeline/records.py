@@ -43,6 +43,11 @@ class ObjectRef(faust.Record, serializer="json"):
         return f"{self.bucket}/{self.key}"
 
     @property
+    def url(self) -> str:
+        """``s3://bucket/key``, as pages and logs name the object (quote it: the key is untrusted)."""
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
     def identity(self) -> str:
         """The object *version*: an image is counted once per identity.
 

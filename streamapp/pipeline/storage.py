@@ -109,7 +109,7 @@ class Storage(Service):
 
     async def get(self, ref: ObjectRef) -> bytes:
         """The object's bytes; ``ObjectTooLarge`` is decided from Content-Length, before the body is read."""
-        what = "GetObject " + repr(f"s3://{ref.bucket}/{ref.key}")  # untrusted: quoted
+        what = f"GetObject {ref.url!r}"  # untrusted: quoted
         params = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
             params["VersionId"] = ref.version_id
@@ -138,7 +138,7 @@ class Storage(Service):
         source = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
             source["VersionId"] = ref.version_id
-        what = f"CopyObject {f's3://{ref.bucket}/{ref.key}'!r} -> {f's3://{self.settings.archive_bucket}/{key}'!r}"
+        what = f"CopyObject {ref.url!r} -> {f's3://{self.settings.archive_bucket}/{key}'!r}"
         try:
             await self.client.copy_object(Bucket=self.settings.archive_bucket, Key=key, CopySource=source)
         except ClientError as exc:

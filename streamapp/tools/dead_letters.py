@@ -343,7 +343,7 @@ def utc(seconds: float) -> str:
 def object_label(letter: DeadLetter) -> str:
     """``s3://bucket/key`` (unescaped), ``(notification)`` for an invalid notification."""
     if letter.image is not None:
-        return f"s3://{letter.image.bucket}/{letter.image.key}"
+        return letter.image.url
     return "(notification)" if letter.event is not None else "(none)"
 
 
@@ -432,7 +432,7 @@ def candidates(chosen: Sequence[Found], *, include_invalid: bool = False,
             if identity not in messages:
                 key, value = redrive_notification(ref, endpoint=endpoint)
                 version = ref.version_id or ref.etag
-                label = f"s3://{ref.bucket}/{ref.key}" + (f"@{version}" if version else "")
+                label = ref.url + (f"@{version}" if version else "")
                 messages[identity] = Candidate(label, key, value, ref)
         elif letter.event is not None:
             if not include_invalid:
