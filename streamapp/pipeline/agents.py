@@ -134,7 +134,7 @@ class Pipeline:
         self.stats[f"dead_letter.{stage}.{error.kind}"] += 1
         self.metrics.dead_letters.labels(stage, error.kind).inc()
         self.recent.dead_letter(stage=stage, kind=error.kind, reason=str(error),
-                                path=f"s3://{image.bucket}/{image.key}" if image else None)
+                                path=image.url if image else None)
         # the reason names untrusted keys and text: quoted, so it cannot forge log lines
         log.warning("dead letter from %s (%s): %r", stage, error.kind, str(error))
         await self.dead_letter_topic.send(key=image.path if image else None, value=record)
@@ -175,7 +175,7 @@ class Pipeline:
         started = time.perf_counter()
         with self.metrics.in_flight.labels("preprocess").track_inprogress():
             data = await self.s3_call(lambda: self.app.storage.get(ref),
-                                      what="GetObject " + repr(f"s3://{ref.bucket}/{ref.key}"), bucket=ref.bucket)
+                                      what=f"GetObject {ref.url!r}", bucket=ref.bucket)
             fetched = time.perf_counter()
             tensor = await transform(data, mode=self.settings.transform, max_pixels=self.settings.max_pixels)
             done = time.perf_counter()
@@ -279,7 +279,7 @@ class Pipeline:
         for event, tensor, prediction in zip(events, tensors, predictions, strict=True):
             record = event.value
             confidence = max(prediction.probabilities) if prediction.probabilities is not None else None
-            self.recent.image(f"s3://{record.image.bucket}/{record.image.key}", prediction.digit, confidence, tensor)
+            self.recent.image(record.image.url, prediction.digit, confidence, tensor)
             timings = dict(record.timings)
             # wait: from the tensor record being produced to its batch being formed
             timings["batch_wait"] = max(0.0, formed_at - event.message.timestamp)
@@ -326,7 +326,7 @@ class Pipeline:
             try:
                 with self.metrics.in_flight.labels("archive").track_inprogress():
                     await self.s3_call(lambda record=record: self.app.storage.archive(record.image, record.digit),
-                                       what="archive " + repr(f"s3://{record.image.bucket}/{record.image.key}"),
+                                       what=f"archive {record.image.url!r}",
                                        bucket=record.image.bucket)
             except BadInput as exc:
                 await self.send_dead_letter("archive", exc, event, image=record.image)
