@@ -167,13 +167,13 @@ class Pipeline:
                 raise
 
         return await retry_until_done(attempt, what=what, initial=self.settings.retry_initial,
-                                      maximum=self.settings.retry_max, on_retry=self.metrics.retries.labels("s3").inc)
+                                      maximum=self.settings.retry_max, on_retry=self.metrics.retried["s3"].inc)
 
 
     async def fetch_tensor(self, ref: ObjectRef, received_at: float) -> TensorRecord:
         """GetObject (retried while S3 is down) and normalize it off the event loop."""
         started = time.perf_counter()
-        with self.metrics.in_flight.labels("preprocess").track_inprogress():
+        with self.metrics.busy["preprocess"].track_inprogress():
             data = await self.s3_call(lambda: self.app.storage.get(ref),
                                       what=f"GetObject {ref.url!r}", bucket=ref.bucket)
             fetched = time.perf_counter()
@@ -246,13 +246,13 @@ class Pipeline:
                         ) from exc
                 raise
 
-        with self.metrics.in_flight.labels("predict").track_inprogress():
+        with self.metrics.busy["predict"].track_inprogress():
             return await retry_until_done(
                 attempt,
                 what=f"predict {len(batch)} tensors",
                 initial=self.settings.retry_initial,
                 maximum=self.settings.retry_max,
-                on_retry=self.metrics.retries.labels("predictor").inc,
+                on_retry=self.metrics.retried["predictor"].inc,
             )
 
 
@@ -324,7 +324,7 @@ class Pipeline:
             record: LabeledRecord = event.value
             started = time.perf_counter()
             try:
-                with self.metrics.in_flight.labels("archive").track_inprogress():
+                with self.metrics.busy["archive"].track_inprogress():
                     await self.s3_call(lambda record=record: self.app.storage.archive(record.image, record.digit),
                                        what=f"archive {record.image.url!r}",
                                        bucket=record.image.bucket)
@@ -338,7 +338,7 @@ class Pipeline:
             self.images[identity] = record.digit
             self.stats["counted"] += 1
             if new:
-                self.metrics.images_counted.labels(str(record.digit)).inc()
+                self.metrics.counted[record.digit].inc()
             timings = {**record.timings, "archive": time.perf_counter() - started,
                        "end_to_end": time.time() - record.received_at}
             self.metrics.observe(timings)

@@ -85,22 +85,20 @@ class Metrics:
         self.in_flight = Gauge(
             "streamapp_in_flight", "Work in progress now: downloads and transforms (preprocess), "
             "predictor requests (predict), copies to the archive (archive).", ["stage"], registry=registry)
-        for digit in range(10):
-            self.images_counted.labels(str(digit))
-        for stage in STAGES:
-            self.stage_seconds.labels(stage)
-        for stage in IN_FLIGHT:
-            self.in_flight.labels(stage)
-        for dependency in DEPENDENCIES:
-            self.retries.labels(dependency)
+        # every label value made once: each exists (at 0) from the start, and
+        # the agents' per-image updates skip labels()'s lookup and lock
+        self.counted = [self.images_counted.labels(str(digit)) for digit in range(10)]
+        self.stage = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
+        self.busy = {stage: self.in_flight.labels(stage) for stage in IN_FLIGHT}
+        self.retried = {dependency: self.retries.labels(dependency) for dependency in DEPENDENCIES}
 
     def watch_lag(self, app: Any, topics: Iterable[str]) -> None:
         self.registry.register(ConsumerLag(app, topics))
 
     def observe(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
-            if stage in STAGES:
-                self.stage_seconds.labels(stage).observe(seconds)
+            if stage in self.stage:
+                self.stage[stage].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
