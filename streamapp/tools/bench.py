@@ -144,6 +144,12 @@ class Bench:
         await self.producer.stop()
         await self._s3_ctx.__aexit__(None, None, None)
 
+    def predictor_client(self, **options: str) -> PredictorClient:
+        """A client of the stack's predictor, sending as the workers do unless ``options`` say otherwise."""
+        settings = self.stack.settings
+        return PredictorClient(self.http, base_url=self.stack.predictor_url, model_name=settings.model_name,
+                               **{"protocol": settings.predictor_protocol, "binary": settings.predictor_binary, **options})
+
     # -- material ---------------------------------------------------------------
 
     def images(self, run: str, n: int) -> list[Image]:
@@ -314,8 +320,7 @@ class Bench:
         images = self.images(run, n)
         await self.put_all(images, "uploading")
         # the sample's transformer calls the v1 route, one instance per request
-        client = PredictorClient(self.http, base_url=self.stack.predictor_url,
-                                 model_name=self.stack.settings.model_name, protocol="v1")
+        client = self.predictor_client(protocol="v1")
         archive = self.stack.settings.archive_bucket
         bar = Progress(n, "baseline ")
         cpu_before = cpu_now(self.stack)
@@ -345,8 +350,7 @@ class Bench:
         images = self.images(run, n)
         await self.put_all(images, "uploading")
         settings = self.stack.settings
-        client = PredictorClient(self.http, base_url=self.stack.predictor_url, model_name=settings.model_name,
-                                 protocol=settings.predictor_protocol, binary=settings.predictor_binary)
+        client = self.predictor_client()
         archive = settings.archive_bucket
         fetch_gate = asyncio.Semaphore(settings.preprocess_concurrency)
         copy_gate = asyncio.Semaphore(settings.archive_concurrency)
@@ -423,19 +427,12 @@ class Bench:
         }
 
     async def predictor(self, seconds_each: float) -> dict[str, float]:
-        client = PredictorClient(
-            self.http,
-            base_url=self.stack.predictor_url,
-            model_name=self.stack.settings.model_name,
-            protocol=self.stack.settings.predictor_protocol,
-            binary=self.stack.settings.predictor_binary,
-        )
+        client = self.predictor_client()
         tensor = to_tensor(self.samples[0])
         figures = {}
         # the batch sizes as the workers send them (binary tensors where the
         # server takes them), then batch 32 as JSON numbers, for comparison
-        json_client = PredictorClient(self.http, base_url=self.stack.predictor_url,
-                                      model_name=self.stack.settings.model_name, protocol="v2", binary="off")
+        json_client = self.predictor_client(protocol="v2", binary="off")
         runs = [(f"batch_{size}", client, size) for size in BATCH_SIZES] + [("batch_32_json", json_client, 32)]
         for name, runner, size in runs:
             batch = np.repeat(tensor[None], size, axis=0)
