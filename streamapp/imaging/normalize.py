@@ -151,44 +151,176 @@ _PAD = 16
 #: a ruled or grid line runs across at least this share of the image; a digit's
 #: own longest stroke (a 7's bar, tightly cropped) spans ~55% of a 28 px image
 _LINE_SPAN = 0.85
+#: how far from horizontal or vertical a page's lines may lie (a tilted photo)
+_LINE_TILT = np.deg2rad(15.0)
+_LINE_THETA = np.deg2rad(0.5)  # Hough's step; the angle is then refined to 0.1 degree
+_SQUARE5 = np.ones((5, 5), np.uint8)
+#: the shortest line considered (px): a corner of a tilted photo cuts lines
+#: short, and what it leaves of them would widen the digit's box
+_LINE_SHORTEST = 20
+
+
+def _robust_level(ink: np.ndarray) -> tuple[float, float]:
+    """The background's median and noise (MAD) from every other pixel: the
+    statistics of a big image settle long before all of it is read."""
+    flat = (ink[::2, ::2] if ink.size > 40_000 else ink).ravel()
+    median = float(np.median(flat))
+    return median, 1.4826 * float(np.median(np.abs(flat - median)))
+
+
+def _line_candidates(marked: np.ndarray) -> list[tuple[float, float]]:
+    """(rho, theta) of straight runs of ink within ``_LINE_TILT`` of horizontal or
+    vertical that may run edge to edge: candidates, checked by :func:`_line_run`.
+
+    A page's lines are parallel. Hough finds their angle from the longest ones;
+    a projection of the ink across that angle then finds every line, those a
+    corner of a tilted photo cuts short as well."""
+    height, width = marked.shape
+    ys, xs = np.nonzero(marked)
+    if len(xs) == 0:
+        return []
+    xs, ys = xs.astype(np.float32), ys.astype(np.float32)
+    found = []
+    # theta is the angle of the line's normal: ~90 deg for a horizontal line, ~0 or ~180 for a vertical one
+    for low, high, extent in ((np.pi / 2 - _LINE_TILT, np.pi / 2 + _LINE_TILT, width),
+                              (0.0, _LINE_TILT, height), (np.pi - _LINE_TILT, np.pi - 1e-6, height)):
+        lines = cv2.HoughLines(marked, 1, _LINE_THETA, max(20, int(0.5 * extent)), min_theta=low, max_theta=high)
+        if lines is None:
+            continue
+        theta = _sharpest_angle(xs, ys, float(lines[0, 0, 1]))
+        sin, cos = np.sin(theta), np.cos(theta)
+        offset = width + height  # rho may be negative
+        votes = np.bincount(np.rint(xs * cos + ys * sin).astype(np.intp) + offset, minlength=2 * offset + 1)
+        rhos = np.flatnonzero(votes >= _LINE_SHORTEST // 2)
+        chords = _chords(rhos - offset, theta, height, width)
+        # a line a pixel or two wide may share its votes between two bins
+        pair = votes[rhos] + np.maximum(votes[np.maximum(rhos - 1, 0)], votes[np.minimum(rhos + 1, len(votes) - 1)])
+        rhos = rhos[(chords >= _LINE_SHORTEST) & (pair >= 0.6 * chords)]
+        # one candidate per run of neighbouring bins (one line's width): its strongest bin
+        for run in np.split(rhos, np.flatnonzero(np.diff(rhos) > 1) + 1) if len(rhos) else []:
+            found.append((float(run[np.argmax(votes[run])] - offset), theta))
+    return found
+
+
+def _sharpest_angle(xs: np.ndarray, ys: np.ndarray, theta: float) -> float:
+    """``theta`` refined to 0.1 degree: the angle at which the ink's projection is
+    most peaked (parallel lines all fall in few bins)."""
+    best, best_score = theta, -1.0
+    for candidate in theta + np.deg2rad(np.arange(-0.5, 0.51, 0.1)):
+        rho = np.rint(xs * np.cos(candidate) + ys * np.sin(candidate)).astype(np.intp)
+        votes = np.bincount(rho - rho.min()).astype(np.float64)
+        score = float((votes * votes).sum())
+        if score > best_score:
+            best, best_score = float(candidate), score
+    return best
+
+
+def _chords(rhos: np.ndarray, theta: float, height: int, width: int) -> np.ndarray:
+    """How many pixels of the line (rho, theta) lie inside the image, per rho:
+    the length :func:`_line_run` samples (one point per column or per row)."""
+    sin, cos = np.sin(theta), np.cos(theta)
+    if abs(sin) >= abs(cos):  # y = (rho - x cos) / sin, for x in [0, width)
+        along, slope, scale, span = width, -cos / sin, 1 / sin, height
+    else:
+        along, slope, scale, span = height, -sin / cos, 1 / cos, width
+    # the other coordinate at the first and last point, as rho varies
+    first = rhos * scale
+    last = first + slope * (along - 1)
+    low, high = np.minimum(first, last), np.maximum(first, last)
+    # share of the run that is inside [-0.5, span - 0.5), as a straight line
+    run = np.maximum(high - low, 1e-6)
+    inside = np.clip(np.minimum(high, span - 0.5) - np.maximum(low, -0.5), 0, None)
+    share = np.where(high - low < 1e-6, ((low > -0.5) & (low < span - 0.5)).astype(np.float64), inside / run)
+    return share * along
+
+
+def _line_run(marked: np.ndarray, rho: float, theta: float) -> tuple[float, float, np.ndarray, np.ndarray] | None:
+    """How much of the line (rho, theta) inside the image is ink, how thick that
+    ink is (median over its length) and the line's pixel positions."""
+    height, width = marked.shape
+    sin, cos = np.sin(theta), np.cos(theta)
+    if abs(sin) >= abs(cos):  # mostly horizontal: one point per column
+        xs = np.arange(width, dtype=np.float32)
+        ys = (rho - xs * cos) / sin
+    else:
+        ys = np.arange(height, dtype=np.float32)
+        xs = (rho - ys * sin) / cos
+    inside = (ys > -0.5) & (ys < height - 0.5) & (xs > -0.5) & (xs < width - 0.5)  # on a pixel once rounded
+    # a tilted page's line may leave by the top or bottom: a corner of the
+    # image cuts it short, yet it still runs edge to edge
+    if inside.sum() < _LINE_SHORTEST:
+        return None
+    xs, ys = xs[inside], ys[inside]
+    # ink across the line at each point, up to 8 px either side of it
+    offsets = np.arange(-8, 9, dtype=np.float32)
+    normal = (cos, sin)
+    px = np.rint(xs[:, None] + offsets[None, :] * normal[0]).astype(np.intp)
+    py = np.rint(ys[:, None] + offsets[None, :] * normal[1]).astype(np.intp)
+    within = (px >= 0) & (px < width) & (py >= 0) & (py < height)  # past the edge is no ink
+    across = marked[np.clip(py, 0, height - 1), np.clip(px, 0, width - 1)].astype(bool) & within
+    centre = across[:, 7:10].any(axis=1)  # within a pixel of the line
+    return float(centre.mean()), float(np.median(across.sum(axis=1)[centre])) if centre.any() else 0.0, xs, ys
 
 
 def without_lines(ink: np.ndarray) -> np.ndarray:
-    """``ink`` with ruled and grid lines taken out: two or more parallel,
-    straight horizontal or vertical runs of ink across most of the image,
-    which no digit has. Where a line crossed a stroke the gap is closed again
-    along the line's width."""
+    """``ink`` with ruled and grid lines taken out: thin, straight runs of ink
+    from edge to edge (85% of the way at least), within 15 degrees of
+    horizontal or vertical, which no digit has. Where a stroke crosses or
+    runs along a line, the line's pixels beside the stroke's ink stay.
+
+    A lone long stroke of a tightly cropped digit (a 1) is thick or short of
+    the image's extent; when it is neither, the caller keeps the lines
+    (:func:`normalize_mnist` falls back when nothing else is left)."""
     height, width = ink.shape
     if min(height, width) < 40:  # a tight crop, MNIST-sized: nothing to rule
         return ink
-    flat = ink.ravel()
-    median = float(np.median(flat))
-    noise = 1.4826 * float(np.median(np.abs(flat - median)))
+    median, noise = _robust_level(ink)
     # what stands out of the paper: lines are fainter than ink, but a quantised
     # gradient's steps (a palette image) are fainter still
-    marked = (ink > max(median + 4 * noise, 0.2 * _kth_largest(flat))).astype(np.uint8)
-    lines = np.zeros_like(marked)
-    for length, horizontal in ((round(width * _LINE_SPAN), True), (round(height * _LINE_SPAN), False)):
-        # bridge the breaks noise and JPEG leave in a thin line, then keep only long runs
-        bridge = np.ones((1, 9) if horizontal else (9, 1), np.uint8)
-        kernel = np.ones((1, length) if horizontal else (length, 1), np.uint8)
-        found = cv2.morphologyEx(cv2.morphologyEx(marked, cv2.MORPH_CLOSE, bridge), cv2.MORPH_OPEN, kernel)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
-        # thin runs only: a band of shade (a quantised gradient) spans the image too
-        across = stats[1:, cv2.CC_STAT_HEIGHT if horizontal else cv2.CC_STAT_WIDTH]
-        thin = np.flatnonzero(across <= max(6, 0.02 * (height if horizontal else width))) + 1
-        # ruled paper has several parallel lines; one long run alone may be a digit's
-        # own stroke (a tightly cropped 1), so it stays
-        if len(thin) >= 2:
-            lines |= np.isin(labels, thin).astype(np.uint8)
-    if not lines.any():
+    marked = (ink > max(median + 4 * noise, 0.2 * _kth_largest(ink))).astype(np.uint8)
+    thin = max(8.0, 0.025 * min(height, width))
+    # one mask per direction: where a line crosses a stroke, what decides is the ink beside the line
+    bands = {True: np.zeros_like(marked), False: np.zeros_like(marked)}
+    reach = {True: 0, False: 0}
+    for rho, theta in _line_candidates(marked):
+        run = _line_run(marked, rho, theta)
+        if run is None:
+            continue
+        covered, thickness, xs, ys = run
+        horizontal = abs(np.sin(theta)) >= abs(np.cos(theta))
+        points = np.rint(np.stack([xs, ys], axis=1)).astype(np.int32)
+        inside = np.clip(points[:, 1], 0, height - 1), np.clip(points[:, 0], 0, width - 1)
+        if bands[horizontal][inside].mean() > 0.5:
+            continue  # the same line again (the vertical ranges meet at 0 and 180 degrees)
+        # ink along 85% of it, and thin: a band of shade or a thick stroke is not a line
+        if covered >= _LINE_SPAN and 0 < thickness <= thin:
+            width_px = round(thickness) + 2
+            cv2.polylines(bands[horizontal], [points], False, 1, thickness=width_px)
+            reach[horizontal] = max(reach[horizontal], width_px)
+    if not (reach[True] or reach[False]):
         return ink
-    # the lines' full width, soft edges included
-    lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
-    cleaned = np.where(lines.astype(bool), np.minimum(ink, 0.0), ink).astype(np.float32)
-    # strokes the lines crossed: close the cut across it (a line is at most a few px wide)
-    across = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
-    return np.where(lines.astype(bool), np.maximum(cleaned, across), cleaned).astype(np.float32)
+    # a line's soft edge (blur, JPEG, a tilt) reaches a pixel or two past the band
+    nears = {horizontal: cv2.dilate(band, _SQUARE5).astype(bool) for horizontal, band in bands.items()}
+    near = nears[True] | nears[False]
+    # a stroke that crosses or runs along a line has ink beside the line:
+    # those line pixels are the stroke's and stay (where lines cross, the other
+    # line's ink counts too; what that keeps of the lines goes below)
+    stroke = np.zeros(near.shape, bool)
+    for horizontal, size in reach.items():
+        if size:
+            beside = (marked.astype(bool) & ~nears[horizontal]).astype(np.uint8)
+            kernel = np.ones((2 * size + 5, 1) if horizontal else (1, 2 * size + 5), np.uint8)
+            stroke |= nears[horizontal] & cv2.dilate(beside, kernel).astype(bool)
+    cleaned = np.where(near & ~stroke, np.minimum(ink, 0.0), ink).astype(np.float32)
+    # what is left of a line with no stroke through it (a bit kept beside a
+    # speck) goes too: ink that lies wholly along the lines is not the digit's
+    left = (((cleaned > 0) & marked.astype(bool)) | stroke).astype(np.uint8)
+    count, labels = cv2.connectedComponents(left, connectivity=8)
+    if count > 1:
+        off_line = np.bincount(labels[~near], minlength=count)
+        along = (off_line[labels] == 0) & (labels > 0)
+        cleaned[along] = np.minimum(cleaned[along], 0.0)
+    return cleaned
 
 
 def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -253,8 +385,16 @@ def normalize_mnist(gray: np.ndarray) -> np.ndarray:
     if max(height, width) > WORK_SIDE:
         scale = WORK_SIDE / max(height, width)
         gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    ink = without_lines(ink_image(gray))
-    mask, floor, level = digit_mask(ink)
+    ink = ink_image(gray)
+    cleaned = without_lines(ink)
+    try:
+        mask, floor, level = digit_mask(cleaned)
+        ink = cleaned
+    except EmptyImage:
+        if cleaned is ink:
+            raise
+        # the "lines" were all the ink there is: a thin 1 drawn edge to edge
+        mask, floor, level = digit_mask(ink)
     ink = np.maximum(ink, 0.0)
     # strokes at full strength, background and specks at zero, edges kept soft
     near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamapp.errors import EmptyImage
-from streamapp.imaging.normalize import without_lines
+from streamapp.imaging.normalize import normalize_mnist, without_lines
 from streamapp.imaging.tensor import to_tensor
 from tests.imaging.drawing import centre_of_mass, encode, glyph, ink_box, on_paper, seven, similar
 
@@ -173,6 +173,43 @@ def test_ruled_and_grid_lines_are_taken_out_and_the_digit_kept(squared):
         assert cleaned[250, 40] < 0.05
     assert cleaned[150, 157] > 0.8 and cleaned[105, 200] > 0.8  # the strokes stay
     assert cleaned[130, 157] > 0.8  # where a line crossed the stroke, closed again
+
+
+def test_lines_of_a_tilted_page_are_taken_out_to_the_corners():
+    """A page turned 7 degrees: its lines leave by the top and bottom, and a
+    corner cuts some of them short; a single margin line crosses them all."""
+    ink = np.zeros((300, 400), np.float32)
+    slope = np.tan(np.deg2rad(7))
+    for start in range(-60, 300, 24):
+        cv2.line(ink, (0, start), (399, round(start + 399 * slope)), 0.3, 2)
+    cv2.line(ink, (60, 0), (60 - round(299 * slope), 299), 0.4, 3)  # the margin, square to the lines
+    ink[100:200, 200:214] = 0.9  # a stroke the lines cross
+    cleaned = without_lines(ink)
+    # where a line meets the stroke's end, the line's width under it stays: the stroke's own
+    near_stroke = np.zeros_like(ink, bool)
+    near_stroke[95:212, 198:216] = True
+    left = ((cleaned > 0.05) & ~near_stroke).astype(np.uint8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(left)
+    # every line gone, those a corner cuts short too; a corner's last few pixels are a speck
+    assert stats[1:, cv2.CC_STAT_AREA].max(initial=0) < 20
+    assert cleaned[100:200, 200:214].min() > 0.8  # the stroke whole, where lines crossed it as well
+
+
+def test_a_lone_margin_line_beside_the_digit_goes():
+    ink = np.zeros((240, 320), np.float32)
+    ink[:, 250:253] = 0.5  # a notebook's margin, top to bottom
+    ink[80:160, 120:134] = 0.9
+    cleaned = without_lines(ink)
+    assert cleaned[:, 250:253].max() < 0.05 and cleaned[80:160, 120:134].min() > 0.8
+
+
+def test_a_thin_one_drawn_edge_to_edge_is_still_a_digit():
+    """Nothing but a thin straight stroke from edge to edge looks like a line;
+    with nothing else there it is the digit, not an empty image."""
+    image = np.ones((120, 60), np.float32)
+    image[:, 28:32] = 0.1
+    tensor = normalize_mnist(image)
+    assert ((tensor > 0.5).sum(axis=1) > 0).sum() >= 18  # a vertical stroke the height of MNIST's digits
 
 
 def test_one_long_stroke_alone_is_a_digit_not_a_line():
