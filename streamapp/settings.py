@@ -56,6 +56,15 @@ def parse_value(env: str, annotation: str, raw: str) -> Any:
     raise TypeError(f"{env}: settings of type {annotation!r} are not supported")
 
 
+def _overlaps(prefix: str, other: str) -> bool:
+    """Whether keys under ``<prefix><digit>/`` can be keys under ``<other><digit>/``:
+    the same prefix, or ``prefix`` inside one of ``other``'s digit folders."""
+    if not prefix.startswith(other):
+        return False
+    rest = prefix[len(other) :]
+    return rest == "" or (rest[1:2] == "/" and rest[0] in "0123456789")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # -- the app and its topics ---------------------------------------------
@@ -88,6 +97,8 @@ class Settings:
     batch_max_delay: float = _field("STREAMAPP_BATCH_MAX_DELAY", 0.02, "... or when its oldest tensor has waited this many seconds.")
     # -- archive --------------------------------------------------------------
     archive_concurrency: int = _field("STREAMAPP_ARCHIVE_CONCURRENCY", 8, "Archive copies in flight at once per worker.")
+    review_below: float | None = _field("STREAMAPP_REVIEW_BELOW", None, "Unset or empty: off. A number in (0, 1]: an image whose top class probability is below it, or that came with no probabilities, is archived under <review prefix><digit>/<original key> instead and counted apart, for a person to check.")
+    review_prefix: str = _field("STREAMAPP_REVIEW_PREFIX", "review/", "Key prefix inside the archive bucket for images held for review (STREAMAPP_REVIEW_BELOW); must not overlap <STREAMAPP_ARCHIVE_PREFIX><digit>/.")
     # -- retries --------------------------------------------------------------
     retry_initial: float = _field("STREAMAPP_RETRY_INITIAL", 0.2, "First backoff, seconds, when S3 or the predictor is down.")
     retry_max: float = _field("STREAMAPP_RETRY_MAX", 10.0, "Longest backoff, seconds; retries go on until the dependency is back.")
@@ -116,6 +127,11 @@ class Settings:
         names = [name.strip() for name in self.source_buckets.split(",")]
         return None if "*" in names else frozenset(names)
 
+    @property
+    def review_prefix_in_use(self) -> str | None:
+        """``review_prefix`` while review is on (``STREAMAPP_REVIEW_BELOW`` set), else None."""
+        return None if self.review_below is None else self.review_prefix
+
     def validate(self) -> None:
         if not all(name.strip() for name in self.source_buckets.split(",")):
             raise ValueError(f"STREAMAPP_SOURCE_BUCKETS={self.source_buckets!r}: comma-separated bucket names, or '*'")
@@ -136,6 +152,14 @@ class Settings:
         for name in ("predictor_timeout", "retry_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{fields[name]}={getattr(self, name)!r}: must be > 0")
+        if self.review_below is not None:
+            # written "not (0 < x <= 1)" so that NaN is refused too
+            if not 0 < self.review_below <= 1:
+                raise ValueError(f"STREAMAPP_REVIEW_BELOW={self.review_below!r}: expected a probability in (0, 1], "
+                                 "such as 0.5, or empty for off")
+            if _overlaps(self.review_prefix, self.archive_prefix) or _overlaps(self.archive_prefix, self.review_prefix):
+                raise ValueError(f"STREAMAPP_REVIEW_PREFIX={self.review_prefix!r}: its <digit>/ folders would mix "
+                                 f"with the archive's (STREAMAPP_ARCHIVE_PREFIX={self.archive_prefix!r})")
 
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str]]:

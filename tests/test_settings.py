@@ -88,3 +88,66 @@ def test_settings_are_frozen_and_documented():
     docs = Settings.documentation()
     assert len(docs) == len(vars(s)) and all(doc for _, _, doc in docs)
     assert not any("SECRET" in name or "ACCESS_KEY" in name for name, _, _ in docs)
+
+
+# -- images held for review ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", None), ("1", 1.0), ("1.0", 1.0), ("0.5", 0.5), (" 0.25 ", 0.25),
+                                               ("1e-9", 1e-9)])
+def test_review_below_is_off_when_unset_or_empty_else_a_probability(raw, expected):
+    assert Settings.from_env({}).review_below is None
+    settings = Settings.from_env({"STREAMAPP_REVIEW_BELOW": raw})
+    assert settings.review_below == expected
+    assert settings.review_prefix_in_use == (None if expected is None else "review/")
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    ("0", "STREAMAPP_REVIEW_BELOW=0.0: expected a probability in (0, 1]"),
+    ("-0.5", "STREAMAPP_REVIEW_BELOW=-0.5: expected a probability in (0, 1]"),
+    ("1.0001", "STREAMAPP_REVIEW_BELOW=1.0001: expected a probability in (0, 1]"),
+    ("50", "STREAMAPP_REVIEW_BELOW=50.0: expected a probability in (0, 1]"),
+    ("abc", "STREAMAPP_REVIEW_BELOW='abc': expected a number"),
+    ("50%", "STREAMAPP_REVIEW_BELOW='50%': expected a number"),
+    ("nan", "STREAMAPP_REVIEW_BELOW='nan': expected a finite number"),
+    ("inf", "STREAMAPP_REVIEW_BELOW='inf': expected a finite number"),
+])
+def test_review_below_refuses_anything_but_a_probability_at_start_up(raw, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Settings.from_env({"STREAMAPP_REVIEW_BELOW": raw})
+
+
+def test_review_below_built_in_code_is_validated_too():
+    with pytest.raises(ValueError, match="STREAMAPP_REVIEW_BELOW=nan"):
+        Settings(review_below=float("nan")).validate()
+
+
+@pytest.mark.parametrize(("archive", "review", "ok"), [
+    ("", "review/", True),
+    ("digits/", "review/", True),
+    ("", "", False),  # the same folders (only in code: an empty variable means the default)
+    ("labels/", "labels/", False),
+    ("", "3/", False),  # review/<n>/ inside the archive's 3/
+    ("", "7/held/", False),
+    ("a/", "a/0/", False),
+    ("review/5/", "review/", False),  # the archive inside review's 5/
+    ("", "3", True),  # 3<n>/ is never <n>/: two characters before the slash
+    ("", "10/", True),
+    ("a/", "a/b/", True),
+    ("a/b/", "a/", True),
+])
+def test_the_review_prefix_must_not_mix_its_folders_with_the_archive(archive, review, ok):
+    settings = Settings(archive_prefix=archive, review_prefix=review, review_below=0.5)
+    if ok:
+        settings.validate()
+    else:
+        with pytest.raises(ValueError, match=r"^STREAMAPP_REVIEW_PREFIX="):
+            settings.validate()
+    # while review is off the review prefix is not used, so not refused
+    dataclasses.replace(settings, review_below=None).validate()
+
+
+def test_an_overlapping_review_prefix_is_refused_from_the_environment():
+    with pytest.raises(ValueError, match=re.escape("STREAMAPP_REVIEW_PREFIX='labels/': its <digit>/ folders")):
+        Settings.from_env({"STREAMAPP_ARCHIVE_PREFIX": "labels/", "STREAMAPP_REVIEW_PREFIX": "labels/",
+                           "STREAMAPP_REVIEW_BELOW": "0.9"})

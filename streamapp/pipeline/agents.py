@@ -3,8 +3,10 @@
     s3-events (raw notification JSON, keyed bucket/key)
       -> preprocess: parse, GetObject, decode + normalize      -> tensors
       -> infer: batches of tensors -> one predictor request    -> labeled
-      -> archive: server-side copy to <prefix><digit>/<key>,
-         then images[identity] = digit  (partitioned table)    -> GET /digits/
+      -> archive: server-side copy to <prefix><digit>/<key> (or, with
+         STREAMAPP_REVIEW_BELOW, an unsure image to <review prefix><digit>/<key>),
+         then images[identity] = {digit, confidence[, review]}
+         (partitioned table)                                    -> GET /digits/, /stats/
     any input that cannot be processed                         -> dead-letters
       -> tally_dead_letters: dead_letters[source] = kind       -> GET /stats/
 
@@ -13,7 +15,8 @@ after everything it produced has been sent, and Faust flushes the producer
 before it commits. Rebalances replay what was processed since the last commit,
 so every sink is idempotent: the archive rewrites the same key, and the archive agent
 *sets* a key per image version instead of incrementing a counter, so a replay
-cannot count an image twice. Counts per digit are derived from that set.
+cannot count an image twice. Counts per digit, and apart from them per digit
+held for review, are derived from that set.
 
 Per-event data lives in local variables and records only; the agents share
 nothing mutable but the Faust tables, which only the archive and tally agents write, and
@@ -51,8 +54,10 @@ from streamapp.pipeline.batching import BatchPolicy
 from streamapp.pipeline.events import Invalid, Skipped, check_source, parse_notification
 from streamapp.pipeline.metrics import Metrics
 from streamapp.pipeline.recent import Recent
-from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord
+from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord, top_confidence
 from streamapp.pipeline.retry import retry_until_done
+from streamapp.pipeline.state import image_entry
+from streamapp.pipeline.storage import archive_destination, held_for_review
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +92,13 @@ class Pipeline:
         # replica of every partition on another worker takes over or answers
         # for a dead owner; it applies every changelog record as it comes
         # (standby_buffer_size=1) so it trails by none.
-        def counted(name: str, value_type: type, help: str) -> Any:
+        def counted(name: str, value_type: type | None, help: str) -> Any:
             return app.Table(name, key_type=str, value_type=value_type, standby_buffer_size=1, help=help)
 
-        self.images = counted("images", int, "image version (bucket/key@etag) -> digit: the set the counts derive from")
+        # values: image_entry() dicts, or bare digits written before confidences
+        # were kept (value_type None: JSON as it is, both load)
+        self.images = counted("images", None, "image version (bucket/key@etag) -> {digit, confidence[, review]}: "
+                                              "the set the counts derive from")
         self.dead_letters = counted("dead-letters", str, "failed input (topic:partition:offset:index:stage) -> error kind")
 
         # Per-worker, in-memory, for /stats/: how this process spent its time.
@@ -188,9 +196,9 @@ class Pipeline:
             received_at = time.time()
             raw = event.value
             try:
-                items = parse_notification(
-                    raw, archive_bucket=self.settings.archive_bucket, archive_prefix=self.settings.archive_prefix
-                )
+                items = parse_notification(raw, archive_bucket=self.settings.archive_bucket,
+                                           archive_prefix=self.settings.archive_prefix,
+                                           review_prefix=self.settings.review_prefix_in_use)
             except InvalidEvent as exc:
                 await self.send_dead_letter("events", exc, event, raw=raw)
                 continue
@@ -207,7 +215,8 @@ class Pipeline:
                     continue
                 try:
                     check_source(item, allowed_buckets=self.settings.allowed_buckets,
-                                 archive_prefix=self.settings.archive_prefix)
+                                 archive_prefix=self.settings.archive_prefix,
+                                 review_prefix=self.settings.review_prefix_in_use)
                     record = await self.fetch_tensor(item, received_at)
                 except BadInput as exc:
                     await self.send_dead_letter("preprocess", exc, event, image=item, index=index)
@@ -278,8 +287,10 @@ class Pipeline:
         predict_seconds = time.perf_counter() - started
         for event, tensor, prediction in zip(events, tensors, predictions, strict=True):
             record = event.value
-            confidence = max(prediction.probabilities) if prediction.probabilities is not None else None
-            self.recent.image(record.image.url, prediction.digit, confidence, tensor)
+            confidence = top_confidence(prediction.probabilities)
+            # the archive agent decides the same from the labeled record
+            self.recent.image(record.image.url, prediction.digit, confidence, tensor,
+                              review=held_for_review(confidence, self.settings.review_below))
             timings = dict(record.timings)
             # wait: from the tensor record being produced to its batch being formed
             timings["batch_wait"] = max(0.0, formed_at - event.message.timestamp)
@@ -291,6 +302,7 @@ class Pipeline:
                 timings=timings,
                 received_at=record.received_at,
                 probabilities=list(prediction.probabilities) if prediction.probabilities is not None else None,
+                confidence=confidence,
             )
             await self.labeled_topic.send(key=record.image.path, value=labeled)
         self.stats["labeled"] += len(events)
@@ -323,9 +335,12 @@ class Pipeline:
         async for event in stream.events():
             record: LabeledRecord = event.value
             started = time.perf_counter()
+            # where it goes follows from the record and the settings alone: a
+            # replay copies to the same key and sets the same entry
+            key, review = archive_destination(record.image, record.digit, record.confidence, self.settings)
             try:
                 with self.metrics.busy["archive"].track_inprogress():
-                    await self.s3_call(lambda record=record: self.app.storage.archive(record.image, record.digit),
+                    await self.s3_call(lambda record=record, key=key: self.app.storage.archive(record.image, key),
                                        what=f"archive {record.image.url!r}",
                                        bucket=record.image.bucket)
             except BadInput as exc:
@@ -335,10 +350,12 @@ class Pipeline:
             # changelog write goes out before this event's offset is committed
             identity = record.image.identity
             new = identity not in self.images
-            self.images[identity] = record.digit
+            self.images[identity] = image_entry(record.digit, record.confidence, review)
             self.stats["counted"] += 1
+            if review:
+                self.stats["held_for_review"] += 1
             if new:
-                self.metrics.counted[record.digit].inc()
+                (self.metrics.reviewed if review else self.metrics.counted)[record.digit].inc()
             timings = {**record.timings, "archive": time.perf_counter() - started,
                        "end_to_end": time.time() - record.received_at}
             self.metrics.observe(timings)

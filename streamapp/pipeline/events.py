@@ -107,13 +107,15 @@ class _Bad(Exception):
 
 
 def parse_notification(
-    raw: bytes | str | None, *, archive_bucket: str | None = None, archive_prefix: str = ""
+    raw: bytes | str | None, *, archive_bucket: str | None = None, archive_prefix: str = "",
+    review_prefix: str | None = None,
 ) -> list[Item]:
     """Every record of one notification as an ObjectRef, Skipped or Invalid.
 
     With ``archive_bucket`` set, objects the archiver wrote (see
-    :func:`is_own_archive_write`) come back as ``Skipped("own archive write")``
-    so the pipeline never classifies its own output.
+    :func:`is_own_archive_write`; under ``review_prefix`` too while review is
+    on) come back as ``Skipped("own archive write")`` so the pipeline never
+    classifies its own output.
     """
     doc = _load(raw)
     if "Records" in doc:
@@ -131,7 +133,7 @@ def parse_notification(
     else:
         raise InvalidEvent(f"no known notification schema (top-level keys: {sorted(doc)[:10]})")
     if archive_bucket:
-        items = [_skip_archive(item, archive_bucket, archive_prefix) for item in items]
+        items = [_skip_archive(item, archive_bucket, archive_prefix, review_prefix) for item in items]
     return items
 
 
@@ -140,14 +142,17 @@ MAX_KEY_BYTES = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def check_source(ref: ObjectRef, *, allowed_buckets: frozenset[str] | None, archive_prefix: str = "") -> None:
+def check_source(ref: ObjectRef, *, allowed_buckets: frozenset[str] | None, archive_prefix: str = "",
+                 review_prefix: str | None = None) -> None:
     """Refuse, before any S3 call, an object the workers must not read or cannot archive.
 
     ``BucketNotAllowed`` for a bucket outside ``allowed_buckets`` (None: any);
     ``KeyNotAllowed`` for a key that, put under ``<prefix><digit>/``, would
     leave that prefix once a path is normalised (``..`` segments), holds
     control characters (S3 signs and lists them unreliably, and logs and
-    pages would carry them), or makes the archive key too long for S3.
+    pages would carry them), or makes the archive key too long for S3 (under
+    the longer of ``archive_prefix`` and, while review is on, ``review_prefix``:
+    which one an image gets is known only after it is classified).
     """
     if allowed_buckets is not None and ref.bucket not in allowed_buckets:
         raise BucketNotAllowed(f"bucket {ref.bucket!r} is not one the workers read from "
@@ -159,22 +164,28 @@ def check_source(ref: ObjectRef, *, allowed_buckets: frozenset[str] | None, arch
         # to disk, a static site) would resolve it out of <prefix><digit>/
         raise KeyNotAllowed(f"key {ref.key!r} has a '..' segment: its archive copy would leave "
                             f"{archive_prefix + '<digit>/'!r} wherever keys become paths")
-    if len(f"{archive_prefix}9/{ref.key}".encode()) > MAX_KEY_BYTES:
+    longest = max(len(archive_prefix.encode()), len((review_prefix or "").encode()))
+    if longest + len(f"9/{ref.key}".encode()) > MAX_KEY_BYTES:
         raise KeyNotAllowed(f"key of {len(ref.key.encode())} bytes: its archive key would pass S3's "
                             f"{MAX_KEY_BYTES}-byte limit")
 
 
-def is_own_archive_write(bucket: str, key: str, *, archive_bucket: str, archive_prefix: str) -> bool:
-    """Whether ``bucket/key`` is a copy the archiver made: ``<prefix><digit>/...`` in the archive bucket.
+def is_own_archive_write(bucket: str, key: str, *, archive_bucket: str, archive_prefix: str,
+                         review_prefix: str | None = None) -> bool:
+    """Whether ``bucket/key`` is a copy the archiver made: ``<prefix><digit>/...``
+    in the archive bucket, or ``<review_prefix><digit>/...`` while review is on.
 
     With an empty prefix every key of the archive bucket that starts with a
     digit and a slash counts, so the input bucket must not be the archive
     bucket unless the prefix tells them apart.
     """
-    if bucket != archive_bucket or not key.startswith(archive_prefix):
+    if bucket != archive_bucket:
         return False
-    rest = key[len(archive_prefix) :]
-    return len(rest) > 2 and rest[0] in "0123456789" and rest[1] == "/"
+    for prefix in (archive_prefix,) if review_prefix is None else (archive_prefix, review_prefix):
+        rest = key[len(prefix) :]
+        if key.startswith(prefix) and len(rest) > 2 and rest[0] in "0123456789" and rest[1] == "/":
+            return True
+    return False
 
 
 def _load(raw: bytes | str | None) -> dict[str, Any]:
@@ -267,9 +278,10 @@ def _skipped(name: str, s3: Any) -> Skipped:
     return Skipped(reason, name, bucket=bucket, key=key)
 
 
-def _skip_archive(item: Item, archive_bucket: str, archive_prefix: str) -> Item:
+def _skip_archive(item: Item, archive_bucket: str, archive_prefix: str, review_prefix: str | None) -> Item:
     if isinstance(item, ObjectRef) and is_own_archive_write(
-        item.bucket, item.key, archive_bucket=archive_bucket, archive_prefix=archive_prefix
+        item.bucket, item.key, archive_bucket=archive_bucket, archive_prefix=archive_prefix,
+        review_prefix=review_prefix,
     ):
         return Skipped("own archive write", item.event_name, bucket=item.bucket, key=item.key)
     return item

@@ -1,7 +1,8 @@
 """The worker's Prometheus metrics: what each stage did, and how long it took.
 
 Reads: calls from the agents (a stage's seconds, a batch's size, a dead
-letter, a retry, an image counted for the first time, work in flight) and,
+letter, a retry, an image counted for the first time under its digit or held
+for review, work in flight) and,
 when scraped, Faust's own monitor (each partition's end offset as the last
 fetch saw it, and its committed offset) for the consumer lag. Writes: the
 registry, served as Prometheus text at ``GET /metrics`` (views.py).
@@ -69,7 +70,12 @@ class Metrics:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.images_counted = Counter(
             "streamapp_images_counted", "Images counted for the first time by this worker, per digit "
-            "(a replayed or duplicated notification counts nothing).", ["digit"], registry=registry)
+            "(a replayed or duplicated notification counts nothing; images held for review are "
+            "streamapp_images_review_total).", ["digit"], registry=registry)
+        self.images_review = Counter(
+            "streamapp_images_review", "Images held for review (top probability under "
+            "STREAMAPP_REVIEW_BELOW, or none) counted for the first time by this worker, per digit "
+            "guessed; not in streamapp_images_counted_total.", ["digit"], registry=registry)
         self.stage_seconds = Histogram(
             "streamapp_stage_seconds", "Seconds an image spent in each stage: s3_get, transform, "
             "batch_wait, predict, archive, and end_to_end (notification received to counted).",
@@ -88,6 +94,7 @@ class Metrics:
         # every label value made once: each exists (at 0) from the start, and
         # the agents' per-image updates skip labels()'s lookup and lock
         self.counted = [self.images_counted.labels(str(digit)) for digit in range(10)]
+        self.reviewed = [self.images_review.labels(str(digit)) for digit in range(10)]
         self.stage = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
         self.busy = {stage: self.in_flight.labels(stage) for stage in IN_FLIGHT}
         self.retried = {dependency: self.retries.labels(dependency) for dependency in DEPENDENCIES}

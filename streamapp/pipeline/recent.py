@@ -1,8 +1,9 @@
 """What a worker saw lately, for the dashboard: its latest images, its latest
 dead letters and the stage timings of the last minute.
 
-Reads: calls from the agents (an image classified, with its tensor; a dead
-letter; an image counted, with its stage timings). Writes: nothing; a
+Reads: calls from the agents (an image classified, with its tensor and
+whether it is held for review; a dead letter; an image counted, with its
+stage timings). Writes: nothing; a
 :meth:`Recent.snapshot` is served to the dashboard (views.py), which merges
 every worker's. Bounded: a few dozen entries and one minute of timings, so
 memory stays flat whatever the rate. Keys, reasons and texts are untrusted:
@@ -69,12 +70,13 @@ class Recent:
     def __init__(self, *, keep: int = KEEP, window: float = WINDOW_S, clock: Callable[[], float] = time.time) -> None:
         self.window, self.clock = window, clock
         # images keep their tensor; the thumbnail is made only when asked for
-        self.images: deque[tuple[float, str, int, float | None, np.ndarray]] = deque(maxlen=keep)
+        self.images: deque[tuple[float, str, int, float | None, bool, np.ndarray]] = deque(maxlen=keep)
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=keep)
         self.timings: deque[tuple[float, Mapping[str, float]]] = deque(maxlen=MAX_TIMINGS)
 
-    def image(self, path: str, digit: int, confidence: float | None, tensor: np.ndarray) -> None:
-        self.images.append((self.clock(), path, digit, confidence, tensor))
+    def image(self, path: str, digit: int, confidence: float | None, tensor: np.ndarray, *,
+              review: bool = False) -> None:
+        self.images.append((self.clock(), path, digit, confidence, review, tensor))
 
     def dead_letter(self, *, stage: str, kind: str, reason: str, path: str | None) -> None:
         self.dead_letters.append({"at": self.clock(), "stage": stage, "kind": kind, "reason": reason[:500],
@@ -94,8 +96,9 @@ class Recent:
                     values.setdefault(stage, []).append(seconds)
         stages = {stage: histogram(seconds) for stage, seconds in values.items()}
         return {
-            "images": [{"at": at, "object": path, "digit": digit, "confidence": confidence, "thumbnail": thumbnail(t)}
-                       for at, path, digit, confidence, t in reversed(self.images)],
+            "images": [{"at": at, "object": path, "digit": digit, "confidence": confidence, "review": review,
+                        "thumbnail": thumbnail(t)}
+                       for at, path, digit, confidence, review, t in reversed(self.images)],
             "dead_letters": list(reversed(self.dead_letters)),
             "stage_seconds": stages,
         }

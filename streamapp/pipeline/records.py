@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from typing import Dict, List, Optional
 
 import faust
@@ -98,7 +99,13 @@ class TensorRecord(faust.Record, serializer="json"):
 
 
 class LabeledRecord(faust.Record, serializer="json"):
-    """inference -> archive: the predicted digit of one image."""
+    """inference -> archive: the predicted digit of one image.
+
+    ``confidence`` is the top class probability, None when the predictor sent
+    no probabilities. Records written before it existed (still in the topic
+    after an upgrade) get it from their probabilities when they are read, so
+    a replayed old record is archived as a new one would be.
+    """
 
     image: ObjectRef
     digit: int
@@ -106,6 +113,16 @@ class LabeledRecord(faust.Record, serializer="json"):
     timings: Dict[str, float]
     received_at: float
     probabilities: Optional[List[float]] = None
+    confidence: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.confidence is None:
+            self.confidence = top_confidence(self.probabilities)
+
+
+def top_confidence(probabilities: Optional[Sequence[float]]) -> Optional[float]:
+    """The highest of ``probabilities`` (the predicted class's), None when there are none."""
+    return float(max(probabilities)) if probabilities else None
 
 
 class DeadLetter(faust.Record, serializer="json"):

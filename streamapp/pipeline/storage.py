@@ -1,7 +1,8 @@
 """The S3 service: one long-lived aiobotocore client per worker.
 
 Reads: objects named by notifications (GetObject). Writes: archive copies
-(CopyObject, server side; the image bytes never pass through the worker).
+(CopyObject, server side; the image bytes never pass through the worker), under
+``<prefix><digit>/`` or, held for review, ``<review prefix><digit>/``.
 
 Client errors are mapped here, at the edge, to the pipeline's two kinds:
 ``BadInput`` (the object is gone, too large: dead-letter it) and
@@ -32,6 +33,25 @@ _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "No
 def archive_key(ref: ObjectRef, digit: int, prefix: str = "") -> str:
     """Where the archived copy of ``ref`` goes: ``<prefix><digit>/<original key>``."""
     return f"{prefix}{digit}/{ref.key}"
+
+
+def held_for_review(confidence: float | None, below: float | None) -> bool:
+    """Whether an image is held for a person to check: review is on (``below``,
+    STREAMAPP_REVIEW_BELOW) and nothing says the model is sure of it: its top
+    probability is under ``below``, or there is none (no probabilities, NaN)."""
+    if below is None:
+        return False
+    return confidence is None or not confidence >= below  # "not >=": NaN is not sure
+
+
+def archive_destination(ref: ObjectRef, digit: int, confidence: float | None, settings: Settings) -> tuple[str, bool]:
+    """The archive key of an image labeled ``digit`` with ``confidence``, and
+    whether it is held for review: ``<review prefix><digit>/<key>`` then (the
+    digit is the model's guess, for the person who checks it), else
+    ``<archive prefix><digit>/<key>``. A function of the record and the
+    settings alone, so a replayed record goes to the same key."""
+    review = held_for_review(confidence, settings.review_below)
+    return archive_key(ref, digit, settings.review_prefix if review else settings.archive_prefix), review
 
 
 def _error_code(exc: ClientError) -> tuple[str, int]:
@@ -129,12 +149,12 @@ class Storage(Service):
             raise ObjectTooLarge(f"object is {len(data)} bytes, over the {self.settings.max_object_bytes}-byte limit")
         return data
 
-    async def archive(self, ref: ObjectRef, digit: int) -> str:
-        """Copy the object, server side, to the archive; return the archive key.
+    async def archive(self, ref: ObjectRef, key: str) -> None:
+        """Copy the object, server side, to ``key`` in the archive bucket
+        (:func:`archive_destination`).
 
         Idempotent: a replayed record copies the same source to the same key.
         """
-        key = archive_key(ref, digit, self.settings.archive_prefix)
         source = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
             source["VersionId"] = ref.version_id
@@ -151,7 +171,6 @@ class Storage(Service):
             raise error from exc
         except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-        return key
 
     async def bucket_answers(self, bucket: str) -> bool:
         """Whether S3 answers HeadBucket for ``bucket``: it is up, and these credentials may use it."""

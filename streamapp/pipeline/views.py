@@ -6,7 +6,9 @@ workers' over HTTP) and this worker's own stats. Writes: HTTP responses.
 
     GET /           the dashboard (HTML; polls /digits/ and /stats/ each second)
     GET /digits/    {"0": n0, ..., "9": n9}: images counted per digit, all partitions
-    GET /stats/     totals and this worker's counters
+                    (not those held for review)
+    GET /stats/     totals (with "review": {"0": r0, ..., "9": r9}, the images held
+                    for review per digit guessed) and this worker's counters
     GET /metrics    this worker's Prometheus metrics (streamapp.pipeline.metrics)
     GET /api/dashboard/
                     every worker's latest images (thumbnails, digit, confidence),
@@ -34,6 +36,7 @@ from faust.web import Request, Response, View
 from streamapp.pipeline.agents import Pipeline
 from streamapp.pipeline.metrics import CONTENT_TYPE
 from streamapp.pipeline.recent import WINDOW_S, merge
+from streamapp.pipeline.state import split_digits
 from streamapp.pipeline.totals import (
     Totals,
     cluster_totals,
@@ -74,7 +77,10 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
             totals = await cluster_totals(app, pipeline.images, app.http.session)
             if (busy := unavailable(self, images=totals)) is not None:
                 return busy
-            return self.json({str(digit): totals.counts.get(digit, 0) for digit in range(10)})
+            # the same shape as ever, so clients that read every key as a digit
+            # keep working; the review counts are on /stats/
+            digits, _review = split_digits(totals.counts)
+            return self.json(digits)
 
     @app.page("/stats/")
     class Stats(View):
@@ -85,9 +91,15 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
             )
             if (busy := unavailable(self, images=counted, dead_letters=dead)) is not None:
                 return busy
+            digits, review = split_digits(counted.counts)
             return self.json(
                 {
-                    "images": sum(counted.counts.values()),
+                    # images counted under their digit (the sum of /digits/), and apart
+                    # from them the images held for review, per digit guessed
+                    "images": sum(digits.values()),
+                    "review_images": sum(review.values()),
+                    "review": review,
+                    "review_below": settings.review_below,
                     "dead_letters": sum(dead.counts.values()),
                     "dead_letters_by_kind": dict(dead.counts),
                     "worker": {
@@ -102,6 +114,9 @@ def register_views(app: AppT, pipeline: Pipeline) -> None:
                         "transform": settings.transform,
                         "batch": f"{settings.batch_max_size} / {settings.batch_max_delay * 1000:.0f} ms",
                         "archive": f"s3://{settings.archive_bucket}/{settings.archive_prefix}<digit>/<key>",
+                        "review": "off" if settings.review_below is None else
+                                  f"top probability below {settings.review_below:g} (or none): "
+                                  f"s3://{settings.archive_bucket}/{settings.review_prefix}<digit>/<key>",
                     },
                 }
             )

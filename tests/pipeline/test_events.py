@@ -612,3 +612,33 @@ def test_the_longest_key_that_fits_passes() -> None:
     check_source(_ref(key="k" * (1024 - len("digits/9/"))), allowed_buckets=None, archive_prefix="digits/")
     with pytest.raises(errors.KeyNotAllowed):
         check_source(_ref(key="k" * (1025 - len("digits/9/"))), allowed_buckets=None, archive_prefix="digits/")
+
+
+@pytest.mark.parametrize(
+    ("key", "review_prefix", "own"),
+    [
+        ("review/3/a.png", "review/", True),
+        ("3/a.png", "review/", True),  # the archive's own folders still are
+        ("review/3/a.png", None, False),  # review off: an ordinary key
+        ("review/x/a.png", "review/", False),
+        ("review/3/", "review/", False),
+        ("check-7/a.png", "check-", True),
+    ],
+)
+def test_review_copies_are_own_archive_writes_while_review_is_on(key, review_prefix, own) -> None:
+    assert is_own_archive_write("digits", key, archive_bucket="digits", archive_prefix="",
+                                review_prefix=review_prefix) is own
+    raw = encode({"Records": [minio_record(key=quote_plus(key, safe=""))]})
+    (item,) = parse_notification(raw, archive_bucket="mnist", archive_prefix="", review_prefix=review_prefix)
+    assert isinstance(item, Skipped) is own
+
+
+def test_the_longer_of_the_archive_and_review_prefixes_bounds_the_key() -> None:
+    fits = "k" * (1024 - len("to-be-checked/9/"))
+    check_source(_ref(key=fits), allowed_buckets=None, archive_prefix="", review_prefix="to-be-checked/")
+    with pytest.raises(errors.KeyNotAllowed, match="1024-byte limit"):
+        check_source(_ref(key=fits + "k"), allowed_buckets=None, archive_prefix="", review_prefix="to-be-checked/")
+    check_source(_ref(key=fits + "k"), allowed_buckets=None, archive_prefix="")  # review off: the archive's alone
+    # a longer archive prefix still counts
+    with pytest.raises(errors.KeyNotAllowed):
+        check_source(_ref(key=fits + "k"), allowed_buckets=None, archive_prefix="to-be-checked/", review_prefix="r/")

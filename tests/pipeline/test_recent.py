@@ -65,3 +65,12 @@ def test_merge_takes_the_newest_of_all_workers_and_sums_their_timings() -> None:
     assert merged["stages"]["predict"]["count"] == 100
     assert 0.008 <= merged["stages"]["predict"]["p50"] <= 0.0125
     assert merged["stages"]["predict"]["p99"] <= 0.0125  # the 100th value is past the 99th percentile
+
+
+def test_images_say_whether_they_are_held_for_review() -> None:
+    recent = Recent(clock=Clock())
+    recent.image("s3://in/sure.png", 1, 0.97, np.zeros((28, 28), np.float32))
+    recent.image("s3://in/unsure.png", 8, 0.3, np.zeros((28, 28), np.float32), review=True)
+    images = {i["object"]: i for i in recent.snapshot()["images"]}
+    assert (images["s3://in/sure.png"]["review"], images["s3://in/unsure.png"]["review"]) == (False, True)
+    assert images["s3://in/unsure.png"]["confidence"] == 0.3

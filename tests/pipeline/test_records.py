@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
 
 from streamapp import errors
-from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord
+from streamapp.pipeline.records import DeadLetter, LabeledRecord, ObjectRef, TensorRecord, top_confidence
 
 REF = ObjectRef(bucket="images", key="a b/é+.png", etag='"abc"', version_id="", size=10)
 
@@ -66,3 +67,28 @@ def test_labeled_and_dead_letter_round_trip():
     back = DeadLetter.loads(dead.dumps())
     assert back == dead and back.failed_at > 0
     assert back.source == "s3-events:3:42:1:preprocess"
+
+
+def test_labeled_records_carry_the_top_confidence():
+    labeled = LabeledRecord(image=REF, digit=7, model="mnist", timings={}, received_at=2.0,
+                            probabilities=[0.05, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.8, 0.05, 0.0])
+    assert labeled.confidence == 0.8
+    back = LabeledRecord.loads(labeled.dumps())
+    assert back.confidence == 0.8 and back == labeled
+    # no probabilities from the predictor: no confidence
+    assert LabeledRecord(image=REF, digit=7, model="m", timings={}, received_at=0.0).confidence is None
+    # as given, when given
+    assert LabeledRecord(image=REF, digit=7, model="m", timings={}, received_at=0.0, probabilities=[0.5, 0.5],
+                         confidence=0.5).confidence == 0.5
+    assert top_confidence([0.25, 0.75]) == 0.75 and top_confidence(None) is None and top_confidence([]) is None
+
+
+def test_labeled_records_written_before_the_confidence_still_load():
+    # a record already in the topic when the workers are upgraded, as the old code wrote it
+    old = json.loads(LabeledRecord(image=REF, digit=2, model="mnist", timings={"predict": 0.1}, received_at=1.0,
+                                   probabilities=[0.1, 0.2, 0.7]).dumps())
+    del old["confidence"]
+    back = LabeledRecord.loads(json.dumps(old).encode())
+    assert (back.digit, back.confidence) == (2, 0.7)  # from its probabilities: archived as a new one would be
+    old["probabilities"] = None
+    assert LabeledRecord.loads(json.dumps(old).encode()).confidence is None
