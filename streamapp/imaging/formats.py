@@ -260,19 +260,20 @@ def decode(data: bytes, flags: int) -> np.ndarray:
     return image
 
 
-def gray_flags(kind: str, side: int, work_side: int) -> int:
+def photo_flags(kind: str, side: int, work_side: int) -> int:
     """How to decode for the "mnist" path.
 
-    JPEG has no alpha and 8 bits only, so it is decoded straight to gray,
-    which also applies the EXIF orientation (UNCHANGED would skip it); a big
-    one is decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder itself, as
-    long as it stays at least ``work_side`` px. Other formats keep alpha and
-    16-bit depth.
+    JPEG has no alpha and 8 bits only, so it is decoded to BGR, which also
+    applies the EXIF orientation (UNCHANGED would skip it); a big one is
+    decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder itself, as long as it
+    stays at least ``work_side`` px. Other formats keep alpha and 16-bit
+    depth. Colour is kept: coloured ink shows best in one channel
+    (:func:`streamapp.imaging.normalize.ink_gray`).
     """
     if kind != "jpeg":
         return cv2.IMREAD_UNCHANGED
-    for factor, flags in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-                          (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):
+    for factor, flags in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                          (2, cv2.IMREAD_REDUCED_COLOR_2)):
         if side // factor >= work_side:
             return flags
-    return cv2.IMREAD_GRAYSCALE
+    return cv2.IMREAD_COLOR

@@ -35,8 +35,50 @@ def _unit_scale(image: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
 
 
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """Decoded image (any depth; gray, BGR or BGRA) -> float32 gray in [0, 1].
+#: how a colour picture becomes one channel: luminance, or per pixel its
+#: channel that departs most from the paper's colour, darker or lighter (see
+#: :func:`ink_gray`)
+MIXES = ("luminance", "darkest", "lightest")
+
+
+def _one_channel(colour: np.ndarray, mix: str, opaque: np.ndarray | None = None) -> np.ndarray:
+    """BGR at its decoded depth -> one channel, float32, the paper near 1.0
+    (dark ink) or 0.0 (light ink), its grain kept on both sides.
+
+    "darkest": each channel as a share of the paper's own value in it, then
+    the least; the paper (its median colour) becomes white whatever its tint,
+    and an ink is as dark as it is in the channel it darkens most. "lightest":
+    the same towards white, for light ink on a dark board.
+    """
+    if mix == "luminance":
+        return _unit_scale(cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+    height, width = colour.shape[:2]
+    scale = min(1.0, 64.0 / max(height, width))
+    small = cv2.resize(colour, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    pixels = small.reshape(-1, 3)
+    if opaque is not None:  # only what is seen: transparent pixels' colour means nothing
+        seen = cv2.resize(opaque.astype(np.uint8), (small.shape[1], small.shape[0]), interpolation=cv2.INTER_NEAREST)
+        pixels = pixels[seen.ravel().astype(bool)] if seen.any() else pixels
+    paper = _unit_scale(np.median(pixels, axis=0).astype(colour.dtype)).astype(np.float64)
+    # each channel's own noise, smoothed a little first: the least (or most) of
+    # three noisy channels has a longer tail than any one of them
+    channels = [cv2.GaussianBlur(_unit_scale(channel), (0, 0), 0.7) for channel in cv2.split(colour)]
+    if mix == "darkest":
+        shares = [channel * np.float32(1.0 / max(level, 1e-3)) for channel, level in zip(channels, paper, strict=True)]
+        # not clipped at the paper's 1.0: the paper's noise, both ways, is what
+        # tells ink from grain (digit_mask)
+        return cv2.min(cv2.min(shares[0], shares[1]), shares[2])
+    shares = [(channel - np.float32(level)) * np.float32(1.0 / max(1.0 - level, 1e-3))
+              for channel, level in zip(channels, paper, strict=True)]
+    return cv2.max(cv2.max(shares[0], shares[1]), shares[2])
+
+
+def to_gray(image: np.ndarray, mix: str = "luminance") -> np.ndarray:
+    """Decoded image (any depth; gray, BGR or BGRA) -> float32 gray in [0, 1]
+    (a little past it with the "darkest" and "lightest" mixes: see
+    :func:`_one_channel`).
+
+    ``mix`` says how colour becomes gray (:data:`MIXES`).
 
     Transparency: a transparent pixel shows whatever is behind it and its own
     colour means nothing (it is often black), so the picture is composited on
@@ -57,13 +99,16 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         image = _unit_scale(image)
     # to one channel at the decoded depth first: a big photo is then converted
     # to float32 once, not three or four times
-    gray = _unit_scale(cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY))
+    colour = np.ascontiguousarray(image[:, :, :3])
     if image.shape[2] != 4:
-        return gray
+        return _one_channel(colour, mix)
     alpha = _unit_scale(image[:, :, 3])
     if alpha.min() >= 1.0:
-        return gray
+        return _one_channel(colour, mix)
     opaque = alpha > 0.5
+    # strokes on a transparent sheet: no paper to take a colour from, and the
+    # backdrop below gives them full contrast already
+    gray = _one_channel(colour, mix if opaque.mean() >= 0.5 else "luminance", opaque)
     if not opaque.any():
         raise EmptyImage("no ink: the image is fully transparent")
     shade = float(np.median(gray[opaque]))
@@ -92,44 +137,76 @@ def _kth_largest(values: np.ndarray) -> float:
     return float(np.partition(flat, flat.size - k)[flat.size - k]) if flat.size > k else float(flat.max())
 
 
-def ink_image(gray: np.ndarray) -> np.ndarray:
+def _paper_copy(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``gray`` shrunk to 64 px and lightly blurred (whether it was shrunk)."""
+    height, width = gray.shape
+    scale = 64.0 / max(height, width)
+    if scale >= 1.0:
+        return cv2.GaussianBlur(gray, (0, 0), 1.0), False
+    small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(small, (0, 0), 1.0), True
+
+
+def light_ink(gray: np.ndarray, small: np.ndarray | None = None) -> bool:
+    """Whether the ink is lighter than the paper (chalk on a board, a negative).
+
+    A median filter (on the 64 px copy) gives a background that favours
+    neither dark nor light; the ink is the side whose strongest departures
+    from it are clearly larger (global percentiles are fooled by uneven light).
+    """
+    height, width = gray.shape
+    if small is None:
+        small, _ = _paper_copy(gray)
+    median = cv2.medianBlur((np.clip(small, 0, 1) * 255).round().astype(np.uint8), 15).astype(np.float32) / 255
+    if median.shape != gray.shape:
+        median = cv2.resize(median, (width, height), interpolation=cv2.INTER_LINEAR)
+    residual = gray - median
+    brighter, darker = _kth_largest(residual), _kth_largest(-residual)
+    if abs(brighter - darker) > 0.25 * max(brighter, darker):
+        return brighter > darker
+    # a tie: thick strokes filled the median's window, so the residual
+    # shows them both ways; then the majority (the median pixel) is paper
+    # and the ink is on the side of the longer tail
+    low, middle, high = np.percentile(gray, (0.5, 50, 99.5))
+    return bool(high - middle > middle - low)
+
+
+def ink_gray(image: np.ndarray) -> tuple[np.ndarray, bool | None]:
+    """Decoded image -> the gray that shows its ink best, and the ink's polarity
+    when it had to be found (None: for :func:`ink_image` to find).
+
+    Coloured ink is pale in luminance (a red ballpoint on white paper: 0.57 of
+    full contrast, a faint one far less), yet dark in some channel. So a colour
+    picture is reduced per pixel to its darkest channel when the ink is darker
+    than the paper, or to its lightest when it is lighter (chalk): every ink
+    colour, and any paper tint, keeps at least its luminance contrast.
+    """
+    if image.ndim == 2 or image.shape[2] == 1:
+        return to_gray(image), None
+    light = light_ink(to_gray(image))
+    return to_gray(image, "lightest" if light else "darkest"), light
+
+
+def ink_image(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
     """Gray in [0, 1] -> ink strength over a zero background, either polarity.
 
     Signed: the background keeps its noise around zero, so that noise can be
     measured (clipping at zero first would hide half of it).
 
-    Everything about the paper is estimated on a copy shrunk to 64 px:
-
-    * polarity: a median filter gives a background that favours neither
-      dark nor light; the ink is the side whose strongest departures from
-      it are clearly larger (global percentiles are fooled by uneven light);
-    * the paper's brightness (uneven light, tint, vignetting): a grey
-      opening wider than any stroke. Unlike the median it never takes a
-      thick stroke of a tightly cropped digit for paper.
+    Everything about the paper is estimated on a copy shrunk to 64 px: the
+    polarity, unless ``light`` gives it (:func:`light_ink`), and the paper's
+    brightness (uneven light, tint, vignetting): a grey opening wider than
+    any stroke. Unlike a median it never takes a thick stroke of a tightly
+    cropped digit for paper.
     """
     height, width = gray.shape
-    scale = 64.0 / max(height, width)
-    shrunk = scale < 1.0
-    if shrunk:
-        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    else:
-        small = gray
-    small = cv2.GaussianBlur(small, (0, 0), 1.0)
+    small, shrunk = _paper_copy(gray)
 
     def full(image: np.ndarray) -> np.ndarray:
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) if shrunk else image
 
-    median = cv2.medianBlur((np.clip(small, 0, 1) * 255).round().astype(np.uint8), 15).astype(np.float32) / 255
-    residual = gray - full(median)
-    brighter, darker = _kth_largest(residual), _kth_largest(-residual)
-    if abs(brighter - darker) > 0.25 * max(brighter, darker):
-        light = brighter > darker
-    else:
-        # a tie: thick strokes filled the median's window, so the residual
-        # shows them both ways; then the majority (the median pixel) is paper
-        # and the ink is on the side of the longer tail
-        low, middle, high = np.percentile(gray, (0.5, 50, 99.5))
-        light = high - middle > middle - low
+    if light is None:
+        light = light_ink(gray, small)
     ink, small = (gray, small) if light else (1.0 - gray, 1.0 - small)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
     # the light keeps its slope past the edge (odd reflection: 2 * edge - mirror);
@@ -323,6 +400,16 @@ def without_lines(ink: np.ndarray) -> np.ndarray:
     return cleaned
 
 
+#: what decides "no ink at all" (EmptyImage): the strongest ink (the k-th
+#: largest, past a few hot pixels) stands out of the paper by less than this
+#: share of full contrast (8 of 255 grey levels: a digit at 3% of black-on-white
+#: contrast is hard to see, one at 4% is read) ...
+FAINTEST_INK = 0.03
+#: ... or by less than this many times the paper's noise (its grain, JPEG's
+#: ripples), below which ink and noise cannot be told apart
+EMPTY_NOISE = 8.0
+
+
 def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Binary mask of the digit's strokes, plus the background floor and ink level.
 
@@ -334,7 +421,7 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     # noise from the median absolute deviation: robust while ink is a minority
     noise = 1.4826 * float(np.median(np.abs(flat - median)))
     peak = _kth_largest(flat)
-    if peak < max(0.08, median + 8 * noise):
+    if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
     otsu, _ = cv2.threshold((np.clip(ink / peak, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     threshold = max(otsu / 255.0 * peak, median + 5 * noise, 0.25 * peak)
@@ -379,13 +466,29 @@ def stroke_width(mask: np.ndarray) -> float:
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
-def normalize_mnist(gray: np.ndarray) -> np.ndarray:
-    """Gray image in [0, 1] (any size, any polarity) -> MNIST-style 28x28."""
-    height, width = gray.shape
-    if max(height, width) > WORK_SIDE:
-        scale = WORK_SIDE / max(height, width)
-        gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    ink = ink_image(gray)
+def _within_work_side(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    if max(height, width) <= WORK_SIDE:
+        return image
+    scale = WORK_SIDE / max(height, width)
+    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+
+
+def normalize_photo(image: np.ndarray) -> np.ndarray:
+    """Decoded image (any depth; gray, BGR or BGRA) -> MNIST-style 28x28:
+    shrunk to the working size first (at the decoded depth, the cheapest),
+    then :func:`ink_gray` and :func:`normalize_mnist`."""
+    if image.ndim == 3 and image.dtype not in (np.uint8, np.uint16, np.float32):
+        image = _unit_scale(image)
+    gray, light = ink_gray(_within_work_side(image))
+    return normalize_mnist(gray, light=light)
+
+
+def normalize_mnist(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
+    """Gray image in [0, 1] (any size, any polarity; ``light``: the ink is
+    lighter than the paper, None: find out) -> MNIST-style 28x28."""
+    gray = _within_work_side(gray)
+    ink = ink_image(gray, light)
     cleaned = without_lines(ink)
     try:
         mask, floor, level = digit_mask(cleaned)

@@ -5,7 +5,7 @@ Two modes:
 * ``"kserve-sample"``: exactly the KServe sample's transformer: grayscale,
   ``255 - img``, ``cv2.resize`` to 28x28, ``/ 255``. Only right for dark
   digits on a white image that is already tightly cropped.
-* ``"mnist"`` (default): :func:`streamapp.imaging.normalize.normalize_mnist`,
+* ``"mnist"`` (default): :func:`streamapp.imaging.normalize.normalize_photo`,
   the MNIST normalisation applied to photographs.
 """
 
@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from streamapp.errors import EmptyImage
-from streamapp.imaging.formats import DEFAULT_MAX_PIXELS, checked, decode, gray_flags, image_size
-from streamapp.imaging.normalize import WORK_SIDE, normalize_mnist, to_gray
+from streamapp.imaging.formats import DEFAULT_MAX_PIXELS, checked, decode, image_size, photo_flags
+from streamapp.imaging.normalize import WORK_SIDE, normalize_photo
 
 MODES = ("mnist", "kserve-sample")
 
@@ -34,7 +34,7 @@ def to_tensor(data: bytes, *, mode: str = "mnist", max_pixels: int = DEFAULT_MAX
             raise EmptyImage("no ink: the image is one flat colour")
         # the sample's exact arithmetic: uint8 255 - img, bilinear resize, / 255.0
         return (cv2.resize(255 - img, (28, 28)).flatten() / 255.0).reshape(28, 28).astype(np.float32)
-    return normalize_mnist(to_gray(decode(data, gray_flags(kind, max(width, height), WORK_SIDE))))
+    return normalize_photo(decode(data, photo_flags(kind, max(width, height), WORK_SIDE)))
 
 
 def use_one_thread() -> None:

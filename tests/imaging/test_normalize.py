@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamapp.errors import EmptyImage
-from streamapp.imaging.normalize import normalize_mnist, without_lines
+from streamapp.imaging.normalize import FAINTEST_INK, normalize_mnist, without_lines
 from streamapp.imaging.tensor import to_tensor
 from tests.imaging.drawing import centre_of_mass, encode, glyph, ink_box, on_paper, seven, similar
 
@@ -222,3 +222,52 @@ def test_a_quantised_gradient_is_not_taken_for_lines():
     ink = np.repeat((np.arange(300) // 20 * 0.02).astype(np.float32)[:, None], 400, axis=1)  # shade in steps
     ink[100:200, 150:165] = 0.9
     assert np.array_equal(without_lines(ink), ink)
+
+
+# -- how faint is still ink (EmptyImage's edge) ---------------------------------------
+
+
+def _faint_digits(mnist_held_out, contrast: float, noise: float, colour=(0.9, 0.9, 0.9)):
+    """One held-out digit of each kind, dark by ``contrast`` on ``colour`` paper, as PNGs."""
+    images, labels = mnist_held_out
+    for digit in range(10):
+        index = int(np.flatnonzero(labels == digit)[3])
+        ink = np.clip(cv2.resize(images[index], (200, 200), interpolation=cv2.INTER_CUBIC), 0, 1)
+        pen = tuple(level - contrast for level in colour)
+        image = on_paper(ink, paper=colour, pen=pen, canvas=(300, 300), at=(50, 50), noise=noise, seed=digit)
+        yield digit, encode(np.clip(image, 0, 1))
+
+
+@pytest.fixture(scope="module")
+def model():
+    from streamapp.serving.model import DigitModel
+
+    return DigitModel.load()
+
+
+@pytest.mark.parametrize(("contrast", "noise"), [(FAINTEST_INK + 0.01, 0.0), (0.06, 0.02)])
+def test_a_faint_digit_is_read_not_refused(mnist_held_out, model, contrast, noise):
+    """Just past the edge (4% of full contrast on clean paper; 6% on grainy paper,
+    where 8 x the grain decides): every digit is found, and read right."""
+    for digit, data in _faint_digits(mnist_held_out, contrast, noise):
+        assert model.predict_proba(to_tensor(data)[None])[0].argmax() == digit
+
+
+def test_below_the_faintest_ink_is_empty(mnist_held_out):
+    """2% of full contrast (5 grey levels) on clean paper: no ink, by the rule."""
+    for _, data in _faint_digits(mnist_held_out, FAINTEST_INK - 0.01, 0.0):
+        with pytest.raises(EmptyImage, match="no ink"):
+            to_tensor(data)
+
+
+def test_faint_coloured_ink_on_tinted_paper_is_read(mnist_held_out, model):
+    """Blue ballpoint at a quarter of its strength on cream paper: 14% in
+    luminance, and darker still in the red channel it darkens most."""
+    images, labels = mnist_held_out
+    for digit in range(10):
+        index = int(np.flatnonzero(labels == digit)[5])
+        ink = np.clip(cv2.resize(images[index], (160, 160), interpolation=cv2.INTER_CUBIC), 0, 1) * 0.25
+        image = on_paper(ink, paper=(0.8, 0.9, 0.96), pen=(0.8, 0.35, 0.15), canvas=(260, 300), at=(40, 60),
+                         noise=0.01, seed=digit)
+        tensor = to_tensor(encode(np.clip(image, 0, 1), ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 85)))
+        assert model.predict_proba(tensor[None])[0].argmax() == digit
