@@ -35,9 +35,9 @@ S3_PUT_PER_PREFIX = 3_500  # PUT/COPY/POST/DELETE
 
 #: bytes of one Kafka record (key + value) as the pipeline writes it, per image:
 #: MinIO's notification, the tensor (base64 float32 in JSON), the label with
-#: its ten probabilities, the images table's changelog entry; for a 35-character
+#: its ten probabilities, the images table's changelog entry ({digit, confidence}); for a 35-character
 #: key. tests/tools/test_capacity.py checks them against the real encodings.
-RECORD_BYTES = {"event": 1_100, "tensor": 4_700, "labeled": 800, "changelog": 80}
+RECORD_BYTES = {"event": 1_100, "tensor": 4_700, "labeled": 800, "changelog": 110}
 
 #: topics of TOPIC_PARTITIONS partitions each: events, tensors, labeled, dead
 #: letters, and the changelogs of the two tables
@@ -114,7 +114,7 @@ class Assumptions:
     catch_up_s: float = _opt(20.0, "KEDA lagThreshold = this many seconds of one worker's work")
     input_prefixes: int = _opt(1, "S3 prefixes the input keys are spread over (the uploader's layout)")
     busiest_digit_share: float = _opt(0.1, "share of images in the busiest digits/<n>/ archive prefix")
-    bytes_per_entry: float = _opt(100.0, "bytes per images-table entry in RocksDB (key bucket/key@etag, a digit)")
+    bytes_per_entry: float = _opt(130.0, "bytes per images-table entry in RocksDB (key bucket/key@etag, value {digit, confidence})")
     restore_records_per_s: float = _opt(
         110_000.0, "bulk restore rate if the bench JSON has no state section (docs/BENCHMARKS.md: 110-150k)")
     standby_replicas: int = _opt(1, "TABLE_STANDBY_REPLICAS")
