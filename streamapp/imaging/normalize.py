@@ -410,6 +410,46 @@ FAINTEST_INK = 0.03
 EMPTY_NOISE = 8.0
 
 
+#: a digit photographed with room around it spans less than this share of the
+#: frame's shorter side; ink that reaches the frame's edge is then not the digit
+_ROOM = 0.6
+
+
+def without_clutter(ink: np.ndarray, level: float) -> np.ndarray:
+    """``ink`` without what reaches the edge of the frame, when the digit does not.
+
+    A photo holds more than the digit: the page's edge against the table, a
+    board's frame, a pen, a hand's shadow, lines that end at the page's edge.
+    Such things enter the frame; a digit photographed with room around it
+    does not. So when some ink above ``level`` (what stands out of the noise)
+    lies clear of the edges, and all of that spans less than ``_ROOM`` of the
+    frame, the ink touching the edges is taken out, before the digit's
+    threshold is chosen (a page's edge is darker than a faint digit). A
+    tight crop, whose digit reaches an edge, keeps everything, and so does
+    :func:`digit_mask` when nothing would be left.
+    """
+    height, width = ink.shape
+    if min(height, width) < 40:
+        return ink
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > level).astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return ink
+    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    edge = (left == 0) | (top == 0) | (right == width) | (bottom == height)
+    # clear of the edges, and more than a speck of noise
+    inner = ~edge & (areas >= max(8, 0.08 * areas[~edge].max(initial=0)))
+    if not edge.any() or areas[inner].sum() < 30:
+        return ink
+    span = max(right[inner].max() - left[inner].min(), bottom[inner].max() - top[inner].min())
+    if span >= _ROOM * min(height, width):
+        return ink
+    # the edge's ink with its soft border
+    out = cv2.dilate(np.isin(labels, np.flatnonzero(edge) + 1).astype(np.uint8), _SQUARE5).astype(bool)
+    return np.where(out, np.minimum(ink, 0.0), ink).astype(np.float32)
+
+
 def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Binary mask of the digit's strokes, plus the background floor and ink level.
 
@@ -421,6 +461,19 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     # noise from the median absolute deviation: robust while ink is a minority
     noise = 1.4826 * float(np.median(np.abs(flat - median)))
     peak = _kth_largest(flat)
+    if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
+        raise EmptyImage("no ink: the image is blank")
+    uncluttered = without_clutter(ink, median + 5 * noise)
+    if uncluttered is not ink:
+        try:
+            return _strokes(uncluttered, median, noise)
+        except EmptyImage:
+            pass  # what reached the edges was all the ink there is
+    return _strokes(ink, median, noise)
+
+
+def _strokes(ink: np.ndarray, median: float, noise: float) -> tuple[np.ndarray, float, float]:
+    peak = _kth_largest(ink.ravel())
     if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
     otsu, _ = cv2.threshold((np.clip(ink / peak, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)

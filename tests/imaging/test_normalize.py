@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from streamapp.errors import EmptyImage
+from streamapp.imaging import normalize
 from streamapp.imaging.normalize import FAINTEST_INK, normalize_mnist, without_lines
 from streamapp.imaging.tensor import to_tensor
 from tests.imaging.drawing import centre_of_mass, encode, glyph, ink_box, on_paper, seven, similar
@@ -271,3 +272,36 @@ def test_faint_coloured_ink_on_tinted_paper_is_read(mnist_held_out, model):
                          noise=0.01, seed=digit)
         tensor = to_tensor(encode(np.clip(image, 0, 1), ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 85)))
         assert model.predict_proba(tensor[None])[0].argmax() == digit
+
+
+# -- what else is in the frame ----------------------------------------------------------
+
+
+def test_a_page_edge_and_a_pen_entering_the_frame_are_not_the_digit(mnist_held_out, model):
+    """A sheet on a darker table, its corner in view, and a pen from the frame's
+    edge: both darker than the digit and bigger, neither is it."""
+    images, labels = mnist_held_out
+    for digit in range(10):
+        index = int(np.flatnonzero(labels == digit)[7])
+        frame = np.full((600, 800, 3), 0.35, np.float32)  # the table
+        cv2.fillPoly(frame, [np.array([[0, 0], [620, 0], [560, 470], [0, 520]], np.int32)], (0.9, 0.9, 0.9))
+        cv2.line(frame, (799, 560), (520, 330), (0.1, 0.1, 0.1), 14)  # the pen, from the edge onto the sheet
+        ink = np.clip(cv2.resize(images[index], (120, 120), interpolation=cv2.INTER_CUBIC), 0, 1)
+        alpha = np.zeros(frame.shape[:2], np.float32)
+        alpha[150:270, 200:320] = ink
+        image = frame * (1 - alpha[..., None]) + np.float32(0.1) * alpha[..., None]
+        tensor = to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90)))
+        assert model.predict_proba(tensor[None])[0].argmax() == digit
+
+
+def test_a_digit_cropped_to_the_edge_is_not_clutter(monkeypatch):
+    """A tight crop: the digit itself reaches the frame's edges (a speck of dust
+    clear of them too), so nothing that touches them is taken for clutter."""
+    ink = seven(size=160, thickness=14)
+    ys, xs = np.nonzero(ink > 0.5)
+    ink = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    ink[60:63, 4:7] = 1.0
+    data = encode(1 - ink)
+    tensor = to_tensor(data)
+    monkeypatch.setattr(normalize, "without_clutter", lambda ink, level: ink)
+    assert np.array_equal(tensor, to_tensor(data))
