@@ -46,8 +46,7 @@ def _one_channel(colour: np.ndarray, mix: str, opaque: np.ndarray | None = None)
     (dark ink) or 0.0 (light ink), its grain kept on both sides.
 
     "darkest": each channel as a share of the paper's own value in it, then
-    the least; the paper (its colour: the 90th percentile of each channel)
-    becomes white whatever its tint,
+    the least; the paper (its median colour) becomes white whatever its tint,
     and an ink is as dark as it is in the channel it darkens most. "lightest":
     the same towards white, for light ink on a dark board.
     """
@@ -60,9 +59,7 @@ def _one_channel(colour: np.ndarray, mix: str, opaque: np.ndarray | None = None)
     if opaque is not None:  # only what is seen: transparent pixels' colour means nothing
         seen = cv2.resize(opaque.astype(np.uint8), (small.shape[1], small.shape[0]), interpolation=cv2.INTER_NEAREST)
         pixels = pixels[seen.ravel().astype(bool)] if seen.any() else pixels
-    # the paper is the bright side (the board the dark one), even when a table
-    # around the sheet fills most of the frame
-    paper = _unit_scale(np.percentile(pixels, 90 if mix == "darkest" else 10, axis=0).astype(colour.dtype)).astype(np.float64)
+    paper = _unit_scale(np.median(pixels, axis=0).astype(colour.dtype)).astype(np.float64)
     # each channel's own noise, smoothed a little first: the least (or most) of
     # three noisy channels has a longer tail than any one of them
     channels = [cv2.GaussianBlur(_unit_scale(channel), (0, 0), 0.7) for channel in cv2.split(colour)]
@@ -540,75 +537,11 @@ def normalize_photo(image: np.ndarray) -> np.ndarray:
     return normalize_mnist(gray, light=light)
 
 
-#: the side of the copy the sheet is looked for on
-_SHEET_SIDE = 128
-
-
-def sheet(paper: np.ndarray) -> np.ndarray | None:
-    """Where the sheet (or board) is, when the photo shows it on something else
-    (a table past its edges): a mask of the image, or None when the paper fills
-    the frame.
-
-    ``paper`` is the gray with the paper bright (ink dark). On a 128 px copy:
-    the bright side of Otsu's threshold, its largest region with its holes (the
-    digit) filled, when it covers 15-90% of the frame, stands clearly above
-    the rest, and has a sharp outline: a shadow's border is soft, a sheet's
-    edge is not.
-    """
-    height, width = paper.shape
-    scale = _SHEET_SIDE / max(height, width)
-    if scale >= 1.0:
-        return None
-    small = cv2.resize(paper, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    levels = (np.clip(small, 0, 1) * 255).astype(np.uint8)
-    _, bright = cv2.threshold(levels, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=4)
-    if count <= 1:
-        return None
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    region = (labels == biggest).astype(np.uint8)
-    # its holes: what the outside cannot reach from the frame's edge
-    outside = np.pad(1 - region, 1, constant_values=1)
-    reach = np.zeros((outside.shape[0] + 2, outside.shape[1] + 2), np.uint8)
-    cv2.floodFill(outside, reach, (0, 0), 2)
-    region = (outside[1:-1, 1:-1] != 2).astype(np.uint8)
-    share = float(region.mean())
-    if not 0.15 <= share <= 0.9:
-        return None
-    inside, rest = float(np.median(small[region == 1])), float(np.median(small[region == 0]))
-    if inside - rest < 0.15:
-        return None
-    outline = (region - cv2.erode(region, _CROSS)).astype(bool)
-    outline[0, :] = outline[-1, :] = outline[:, 0] = outline[:, -1] = False  # the frame's edge is not the sheet's
-    if outline.sum() < 10:
-        return None
-    gradient = np.hypot(cv2.Sobel(small, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(small, cv2.CV_32F, 0, 1, ksize=3)) / 8
-    # across a sharp edge the shade changes by most of the step within a pixel or two
-    if float(np.median(gradient[outline])) < 0.25 * (inside - rest):
-        return None
-    mask = cv2.resize(region, (width, height), interpolation=cv2.INTER_NEAREST)
-    # keep clear of the edge itself: its shading and the table's texture next to it
-    margin = max(3, round(0.015 * max(height, width)))
-    return cv2.erode(mask, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)).astype(bool)
-
-
 def normalize_mnist(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
     """Gray image in [0, 1] (any size, any polarity; ``light``: the ink is
     lighter than the paper, None: find out) -> MNIST-style 28x28."""
     gray = _within_work_side(gray)
-    if light is None:
-        light = light_ink(gray)
     ink = ink_image(gray, light)
-    on = sheet(1.0 - gray if light else gray)
-    if on is not None:
-        try:  # the sheet alone first: what lies past its edge is not the digit
-            return _normalize_ink(np.where(on, ink, np.minimum(ink, 0.0)).astype(np.float32))
-        except EmptyImage:
-            pass  # nothing on what looked like a sheet: read the whole frame
-    return _normalize_ink(ink)
-
-
-def _normalize_ink(ink: np.ndarray) -> np.ndarray:
     cleaned = without_lines(ink)
     try:
         mask, floor, level = digit_mask(cleaned)

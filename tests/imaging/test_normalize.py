@@ -305,38 +305,3 @@ def test_a_digit_cropped_to_the_edge_is_not_clutter(monkeypatch):
     tensor = to_tensor(data)
     monkeypatch.setattr(normalize, "without_clutter", lambda ink, level: ink)
     assert np.array_equal(tensor, to_tensor(data))
-
-
-def test_the_sheet_is_found_on_a_table_and_not_in_a_soft_shadow():
-    table = np.full((600, 800), 0.3, np.float32)
-    cv2.fillPoly(table, [np.array([[120, 80], [700, 40], [740, 520], [90, 560]], np.int32)], 0.9)
-    table[250:330, 350:400] = 0.1  # the digit, a hole in the sheet that stays the sheet's
-    on = normalize.sheet(table)
-    assert on is not None
-    assert on[300, 370] and on[120, 200] and on[500, 650]  # the digit and the sheet's inside
-    assert not on[20, 20] and not on[580, 780] and not on[300, 60]  # the table, and the sheet's own edge
-    xs = np.mgrid[0:600, 0:800][1].astype(np.float32)
-    shaded = 0.9 - 0.5 / (1 + np.exp(-(xs - 400) / 60))  # paper filling the frame, a soft shadow across it
-    assert normalize.sheet(shaded.astype(np.float32)) is None
-    assert normalize.sheet(np.full((600, 800), 0.9, np.float32)) is None  # paper alone
-
-
-def test_a_digit_on_a_sheet_whose_whole_outline_is_in_view(mnist_held_out, model):
-    """The sheet lies inside the frame on a darker table: its outline, a closed
-    ring as dark as the digit and far longer, is not the digit (without
-    :func:`normalize.sheet`, none of the ten is read). A faint coloured digit
-    there still fails: the table then decides the ink's polarity
-    (docs/BENCHMARKS.md)."""
-    images, labels = mnist_held_out
-    read = 0
-    for digit in range(10):
-        index = int(np.flatnonzero(labels == digit)[9])
-        frame = np.full((900, 1200, 3), (0.25, 0.3, 0.4), np.float32)  # a wooden table
-        cv2.fillPoly(frame, [np.array([[300, 150], [900, 120], [930, 760], [280, 790]], np.int32)], (0.88, 0.9, 0.9))
-        ink = np.clip(cv2.resize(images[index], (90, 90), interpolation=cv2.INTER_CUBIC), 0, 1)
-        alpha = np.zeros(frame.shape[:2], np.float32)
-        alpha[400:490, 560:650] = ink
-        image = frame * (1 - alpha[..., None]) + np.float32(0.1) * alpha[..., None]
-        tensor = to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90)))
-        read += int(model.predict_proba(tensor[None])[0].argmax() == digit)
-    assert read >= 9  # the model reads this 6 as a 0 on clean paper too
