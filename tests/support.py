@@ -258,3 +258,30 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# -- the counting store, without a broker ----------------------------------------------
+
+
+def counting_store(datadir: Path, value_type: type | None) -> Iterator[Any]:
+    """An ``images`` table's CountingStore in ``datadir`` (for a ``yield from`` fixture)."""
+    import faust
+
+    from streamapp.kafka.store import CountingStore
+
+    app = faust.App("state-test", store="counting://", datadir=str(datadir))
+    store = app.Table("images", key_type=str, value_type=value_type).data
+    assert isinstance(store, CountingStore)
+    yield store
+    store._dbs.clear()
+
+
+def changelog_event(store: Any, partition: int, offset: int, key: str, value: bytes | None) -> Any:
+    """One changelog record of ``store``'s table, as recovery and standbys apply it."""
+    from faust.events import Event
+    from faust.types import TP, Message
+
+    topic = store.table.changelog_topic_name
+    message = Message(topic, partition, offset, 0.0, 0, None, key=json.dumps(key).encode(), value=value,
+                      checksum=None, tp=TP(topic, partition))
+    return Event(store.app, message.key, message.value, None, message)

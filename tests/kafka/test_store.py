@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-import faust
 import pytest
 from faust.events import Event
-from faust.types import TP, Message
+from faust.types import TP
 
-from streamapp.kafka.store import CountingStore
 from streamapp.pipeline.state import COUNTS_KEY, apply_change, decode_counts, encode_counts
 from streamapp.pipeline.totals import decode_partition_counts, encode_partition_counts
+from tests import support
+from tests.support import counting_store
 
 
 def test_apply_change_counts_each_key_once_per_value():
@@ -39,19 +39,11 @@ def test_partition_counts_wire_format_round_trips():
 
 @pytest.fixture
 def store(tmp_path):
-    app = faust.App("state-test", store="counting://", datadir=str(tmp_path))
-    table = app.Table("images", key_type=str, value_type=int)
-    store = table.data
-    assert isinstance(store, CountingStore)
-    yield store
-    store._dbs.clear()
+    yield from counting_store(tmp_path, value_type=int)
 
 
 def changelog_event(store, partition: int, offset: int, key: str, value: int | None) -> Event:
-    topic = store.table.changelog_topic_name
-    message = Message(topic, partition, offset, 0.0, 0, None, key=f'"{key}"'.encode(),
-                      value=None if value is None else str(value).encode(), checksum=None, tp=TP(topic, partition))
-    return Event(store.app, message.key, message.value, None, message)
+    return support.changelog_event(store, partition, offset, key, None if value is None else str(value).encode())
 
 
 def test_changelog_batches_keep_counts_entries_and_offset_together(store):

@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import faust
 import pytest
-from faust.events import Event
-from faust.types import TP, Message
 
-from streamapp.kafka.store import CountingStore
 from streamapp.pipeline.state import apply_change, image_entry, split_digits, tally
+from tests.support import changelog_event, counting_store
 
 
 def entry(digit: int, confidence: float | None, review: bool = False) -> bytes:
@@ -57,29 +54,17 @@ def test_split_digits_reads_the_decoded_totals():
 
 @pytest.fixture
 def store(tmp_path):
-    app = faust.App("state-test", store="counting://", datadir=str(tmp_path))
-    table = app.Table("images", key_type=str, value_type=None)
-    store = table.data
-    assert isinstance(store, CountingStore)
-    yield store
-    store._dbs.clear()
-
-
-def changelog_event(store, offset: int, key: str, value: bytes | None) -> Event:
-    topic = store.table.changelog_topic_name
-    message = Message(topic, 0, offset, 0.0, 0, None, key=json.dumps(key).encode(), value=value, checksum=None,
-                      tp=TP(topic, 0))
-    return Event(store.app, message.key, message.value, None, message)
+    yield from counting_store(tmp_path, value_type=None)
 
 
 def test_the_store_counts_old_and_new_entries_together_and_review_apart(store):
     batch = [
-        changelog_event(store, 0, "images/old.png@1", b"3"),  # before confidences were kept
-        changelog_event(store, 1, "images/new.png@1", entry(3, 0.91)),
-        changelog_event(store, 2, "images/unsure.png@1", entry(3, 0.2, True)),
-        changelog_event(store, 3, "images/none.png@1", entry(7, None, True)),
-        changelog_event(store, 4, "images/old.png@1", entry(3, 0.88)),  # old record replayed after the upgrade
-        changelog_event(store, 5, "images/unsure.png@1", entry(3, 0.2, True)),  # a replay
+        changelog_event(store, 0, 0, "images/old.png@1", b"3"),  # before confidences were kept
+        changelog_event(store, 0, 1, "images/new.png@1", entry(3, 0.91)),
+        changelog_event(store, 0, 2, "images/unsure.png@1", entry(3, 0.2, True)),
+        changelog_event(store, 0, 3, "images/none.png@1", entry(7, None, True)),
+        changelog_event(store, 0, 4, "images/old.png@1", entry(3, 0.88)),  # old record replayed after the upgrade
+        changelog_event(store, 0, 5, "images/unsure.png@1", entry(3, 0.2, True)),  # a replay
     ]
     store.apply_changelog_batch(batch, to_key=None, to_value=None)
     assert store.partition_counts(0) == Counter({b"3": 2, b'"review:3"': 1, b'"review:7"': 1})
