@@ -23,17 +23,24 @@ docs/DESIGN.md ("Faust's delivery faults"):
    seeks the standbys back);
 6. a standby that was once active applied records 1,000 at a time
    (:meth:`Consumer.on_partitions_revoked` forgets the buffer sizes).
+
+And one change of cost: under load, the producer's linger spaces its
+requests to a broker rather than delaying each partition's batch
+(:class:`SpacedRequestsAccumulator`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiokafka
+from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -148,6 +155,72 @@ class Consumer(faust_aiokafka.Consumer):
         return committed
 
 
+class SpacedRequestsAccumulator(MessageAccumulator):
+    """aiokafka's accumulator, spacing a busy broker's produce requests a linger apart.
+
+    aiokafka lingers per partition: records spread over many partitions go
+    out one request each whatever ``linger_ms``, and every request is a
+    socket write and a wake-up of the broker. Here the linger spaces a
+    broker's requests instead, and only while its records come fast enough
+    to share them (:data:`WORTH_SPACING` or more per linger, over the last
+    second): then a batch goes out at once if the broker's last request was
+    a linger ago, and otherwise with everything else for that broker when
+    that linger is over. A light load waits for nothing.
+    """
+
+    #: records per linger (over the last :data:`RATE_WINDOW` seconds) from
+    #: which spacing pays: fewer would mostly go one to a request anyway
+    WORTH_SPACING = 4
+    RATE_WINDOW = 1.0
+
+    #: broker id -> when its last produce request was sent (time.monotonic())
+    _sent_at: dict[int, float]
+    #: broker id -> (when, records) of its requests in the last RATE_WINDOW
+    _drained: dict[int, collections.deque[tuple[float, int]]]
+
+    def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: Any = frozenset()) -> Any:
+        spacing = self._linger_time
+        now = time.monotonic()
+        busy = {}
+        for tp, batches in self._batches.items():
+            leader = self._cluster.leader_for_partition(tp)
+            if batches and leader is not None and leader != -1:
+                if leader not in busy:
+                    busy[leader] = self._busy(leader, now, spacing)
+                # the head batch is due once its broker's spacing is over (at once if not busy)
+                due = self._sent_at.get(leader, -math.inf) + spacing if busy[leader] else -math.inf
+                batches[0]._linger_time = max(0.0, due - batches[0]._ctime)
+        nodes, unknown_leaders_exist = super().drain_by_nodes(ignore_nodes, muted_partitions)
+        for leader, batches in nodes.items():
+            self._sent_at[leader] = now
+            self._drained.setdefault(leader, collections.deque()).append(
+                (now, sum(batch.record_count for batch in batches.values())))
+        return nodes, unknown_leaders_exist
+
+    def _busy(self, leader: int, now: float, spacing: float) -> bool:
+        """Whether ``leader``'s records come at :data:`WORTH_SPACING` or more per ``spacing``."""
+        drained = self._drained.get(leader)
+        if not spacing or not drained:
+            return False
+        while drained and drained[0][0] < now - self.RATE_WINDOW:
+            drained.popleft()
+        if not drained:
+            return False
+        records = sum(count for _, count in drained)
+        return records * spacing >= self.WORTH_SPACING * max(now - drained[0][0], spacing)
+
+
+class SpacedRequestsProducer(aiokafka.AIOKafkaProducer):
+    """aiokafka's producer with :class:`SpacedRequestsAccumulator`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # aiokafka builds its accumulator in __init__ and takes no class for it
+        accumulator = self._message_accumulator
+        accumulator.__class__ = SpacedRequestsAccumulator
+        accumulator._sent_at, accumulator._drained = {}, {}
+
+
 class ProducerFlushTimeout(RuntimeError):
     """The broker did not acknowledge the worker's pending writes in time."""
 
@@ -164,6 +237,10 @@ class Producer(faust_aiokafka.Producer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unacknowledged: set[asyncio.Future] = set()
+
+    @property
+    def _producer_type(self) -> type[aiokafka.AIOKafkaProducer]:
+        return SpacedRequestsProducer
 
     def send_soon(self, fut: Any) -> None:
         # counted from the hand-over: the buffer's size no longer counts a

@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
 from faust.stores import rocksdb
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
@@ -126,3 +128,17 @@ def test_the_fetcher_still_reads_its_wait_for_every_request_and_says_when_record
     assert list(inspect.signature(Fetcher._proc_fetch_request).parameters) == ["self", "assignment", "node_id",
                                                                               "request"]
     assert issubclass(tansu.TansuFetcher, Fetcher)
+
+
+def test_the_producer_still_builds_one_accumulator_that_drains_per_partition_linger():
+    """transport, spaced requests: aiokafka's producer keeps its accumulator in
+    ``_message_accumulator``; a batch is due when its own ``_linger_time``
+    since ``_ctime`` is over, and the drain skips batches that are not due."""
+    assert "self._message_accumulator = MessageAccumulator(" in source(AIOKafkaProducer.__init__)
+    assert "lifetime >= self._linger_time" in source(MessageBatch.remaining_linger)
+    assert "self._ctime = time.monotonic()" in source(MessageBatch.__init__)
+    drain = source(MessageAccumulator.drain_by_nodes)
+    assert "self._batches[tp][0].remaining_linger()" in drain and "self._cluster.leader_for_partition(tp)" in drain
+    assert list(inspect.signature(MessageAccumulator.drain_by_nodes).parameters) == ["self", "ignore_nodes",
+                                                                                    "muted_partitions"]
+
