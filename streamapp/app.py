@@ -99,8 +99,8 @@ class StreamApp(faust.App):
             # a short commit interval bounds what a rebalance replays
             # (measured: hundreds of duplicates at 2.8 s, tens at 0.5 s)
             broker_commit_interval=0.5,
-            # a busy worker's produce requests a linger apart, ~10 records
-            # each at 100 images/s instead of ~4 (streamapp.kafka.transport)
+            # a busy worker's produce requests a linger apart: a third as many
+            # (streamapp.kafka.transport; docs/BENCHMARKS.md)
             producer_linger=0.03,
             topic_partitions=8,
             web_port=6066,
