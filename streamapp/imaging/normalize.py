@@ -84,12 +84,13 @@ def to_gray(image: np.ndarray, mix: str = "luminance") -> np.ndarray:
     colour means nothing (it is often black), so the picture is composited on
     the backdrop that makes transparent areas read as *paper*:
 
-    * mostly opaque (a photo with cut-out margins): the opaque pixels are the
-      paper, so each transparent pixel takes the shade of the opaque paper
-      around it (a flat fill would draw edges where the light is uneven);
-    * mostly transparent (strokes drawn on a transparent sheet): the opaque
-      pixels are the ink, so the backdrop contrasts with them (white behind
-      dark strokes, black behind light ones).
+    * a page (a photo with cut-out margins, a sheet cut out of its table:
+      :func:`_is_page`): the opaque pixels are the paper, so each transparent
+      pixel takes the shade of the opaque paper around it (a flat fill would
+      draw edges where the light is uneven);
+    * strokes drawn on a transparent sheet: the opaque pixels are the ink, so
+      the backdrop contrasts with them (white behind dark strokes, black
+      behind light ones).
     """
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
@@ -106,17 +107,42 @@ def to_gray(image: np.ndarray, mix: str = "luminance") -> np.ndarray:
     if alpha.min() >= 1.0:
         return _one_channel(colour, mix)
     opaque = alpha > 0.5
-    # strokes on a transparent sheet: no paper to take a colour from, and the
-    # backdrop below gives them full contrast already
-    gray = _one_channel(colour, mix if opaque.mean() >= 0.5 else "luminance", opaque)
     if not opaque.any():
         raise EmptyImage("no ink: the image is fully transparent")
+    page = _is_page(opaque)
+    # strokes on a transparent sheet: no paper to take a colour from, and the
+    # backdrop below gives them full contrast already
+    gray = _one_channel(colour, mix if page else "luminance", opaque)
     shade = float(np.median(gray[opaque]))
-    if opaque.mean() >= 0.5:
+    if page:
         backdrop = _surrounding_shade(gray, alpha, shade)
     else:
         backdrop = 1.0 if shade < 0.5 else 0.0
     return gray * alpha + backdrop * (1.0 - alpha)
+
+
+#: what is opaque is a page, not strokes, when it covers half the picture, or
+#: is this thick (2 x area / outline, as a share of the shorter side) and
+#: covers this much: a sheet cut out of a photo of a table is a broad
+#: quadrilateral, a stroke (even a tight crop's fat 1) is far thinner
+_PAGE_SHARE = 0.5
+_PAGE_THICKNESS = 0.2
+_PAGE_LEAST = 0.15
+
+
+def _is_page(opaque: np.ndarray) -> bool:
+    """Whether the opaque pixels are a page (paper, with the ink on it) rather
+    than strokes drawn on a transparent sheet."""
+    share = float(opaque.mean())
+    if share >= _PAGE_SHARE:
+        return True
+    if share < _PAGE_LEAST:
+        return False
+    height, width = opaque.shape
+    scale = min(1.0, 128.0 / max(height, width))
+    small = cv2.resize(opaque.astype(np.uint8), (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_NEAREST)
+    return stroke_width(small) >= _PAGE_THICKNESS * min(small.shape)
 
 
 def _surrounding_shade(gray: np.ndarray, alpha: np.ndarray, default: float) -> np.ndarray:
@@ -187,6 +213,82 @@ def ink_gray(image: np.ndarray) -> tuple[np.ndarray, bool | None]:
     return to_gray(image, "lightest" if light else "darkest"), light
 
 
+#: pictures smaller than this (longest side, px) are crops or scans, not
+#: scenes: no table, hand's shadow or lamp to look for, and the looking
+#: would cost the bench's samples a third more transform time
+_SCENE_SIDE = 400
+#: the side of the copy the paper's shading is estimated on
+_SHADE_SIDE = 256
+#: the closings tried there (px): from a fine pen's width to a marker's
+_SHADE_SIZES = (3, 5, 7, 9, 13, 17, 25, 33)
+#: what counts as ink in that search: at least this much darker (log) than
+#: the closing; the paper's grain and a shadow's smooth ramp are not
+_SHADE_DARKER = 0.1
+#: the strokes are all inside a closing when doubling its size adds at most
+#: this share of ink more (what a larger one adds is shadow)
+_SHADE_PLATEAU = 1.15
+#: the light is uneven enough to divide out when it spans this much (log,
+#: 1st to 99th percentile: 0.25 is a third darker); evener light is left to
+#: :func:`ink_image`'s own background, which keeps the strokes' profile
+_SHADE_SPREAD = 0.25
+
+
+def _closings(log: np.ndarray) -> tuple[list[float], list[np.ndarray]]:
+    """Each :data:`_SHADE_SIZES` closing of ``log``, and how much ink (darker
+    by over :data:`_SHADE_DARKER`) it lifts."""
+    energies, closings = [], []
+    for size in _SHADE_SIZES:
+        closed = cv2.morphologyEx(log, cv2.MORPH_CLOSE, np.ones((size, size), np.uint8))
+        depth = closed - log
+        energies.append(float(depth[depth > _SHADE_DARKER].sum()))
+        closings.append(closed)
+    return energies, closings
+
+
+def _stroke_closing(energies: list[float]) -> int | None:
+    """Index of the closing that lifts every stroke but no more: the size after
+    the first one past which doubling lifts little more ink (strokes are
+    inside; shadows, wider, are not yet). None if there is none."""
+    for index, size in enumerate(_SHADE_SIZES):
+        double = next((other for other, wider in enumerate(_SHADE_SIZES) if wider >= 2 * size), None)
+        if double is None:
+            return None
+        if energies[index] > 0 and energies[double] <= _SHADE_PLATEAU * energies[index]:
+            return min(index + 1, len(_SHADE_SIZES) - 1)
+    return None
+
+
+def shaded_paper(gray: np.ndarray) -> np.ndarray | None:
+    """The paper's brightness under the light that falls on it (shadows,
+    their soft borders, a lamp), for dark ink: a grey closing of log(gray) on
+    a 256 px copy, just wider than the strokes (:func:`_stroke_closing`). None
+    for a picture under :data:`_SCENE_SIDE`, when no closing size separates the strokes
+    from the rest (a tight crop's strokes are as wide as anything there), or
+    when the light is even (:data:`_SHADE_SPREAD`).
+
+    Light multiplies the paper, so dividing by this takes a shadow out
+    whatever its depth, and leaves ink its contrast inside the shadow.
+    """
+    height, width = gray.shape
+    scale = _SHADE_SIDE / max(height, width)
+    if max(height, width) < _SCENE_SIDE:
+        return None
+    small = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    log = np.log(np.clip(small, 1.0 / 255, None))
+    # first the widest closing: it lifts the digit whole, a broad blob of ink
+    # (a marker's crossing) as well, and leaves only the light
+    widest = _SHADE_SIZES[-1]
+    darkest, brightest = np.percentile(cv2.morphologyEx(log, cv2.MORPH_CLOSE, np.ones((widest, widest), np.uint8)), (1, 99))
+    if brightest - darkest < _SHADE_SPREAD:
+        return None
+    energies, closings = _closings(log)
+    chosen = _stroke_closing(energies)
+    if chosen is None:
+        return None
+    background = cv2.GaussianBlur(closings[chosen], (0, 0), 1.0)
+    return np.exp(cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR))
+
+
 def ink_image(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
     """Gray in [0, 1] -> ink strength over a zero background, either polarity.
 
@@ -207,6 +309,10 @@ def ink_image(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
 
     if light is None:
         light = light_ink(gray, small)
+    if not light:
+        shade = shaded_paper(gray)
+        if shade is not None:  # light multiplies the paper: divided out, shadows and all
+            return 1.0 - gray / shade
     ink, small = (gray, small) if light else (1.0 - gray, 1.0 - small)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
     # the light keeps its slope past the edge (odd reflection: 2 * edge - mirror);
@@ -450,6 +556,62 @@ def without_clutter(ink: np.ndarray, level: float) -> np.ndarray:
     return np.where(out, np.minimum(ink, 0.0), ink).astype(np.float32)
 
 
+#: a pen lying in view: a straight bar (its pixels fill this share of their
+#: rotated box at least) at least this many times as long as it is thick ...
+_BAR_FILL = 0.7
+_BAR_ASPECT = 6.0
+#: ... and this many times as long as the rest of the ink spans, which holds
+#: at least this share of the bar's ink (a digit, not a speck beside it)
+_BAR_LONGER = 2.0
+_BAR_REST = 0.1
+
+
+def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
+    """``ink`` without a pen lying in the frame: ink above ``level`` forming a
+    straight, filled bar far longer than the rest of the ink spans. A digit
+    is about as long as it is tall, and no stroke of it is a bar twice as
+    long as the whole digit; a pen on the page is several times longer."""
+    if min(ink.shape) < 40:
+        return ink
+    # on every other pixel: a pen is long, and the labelling costs a quarter
+    above = np.ascontiguousarray(ink[::2, ::2] > level).astype(np.uint8)
+    height, width = above.shape
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    if count <= 2:
+        return ink
+    sides = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    bars = []
+    for index in np.flatnonzero((sides >= 0.1 * min(height, width)) & (areas >= 30)):
+        left, top, across, down = stats[index + 1, :4]
+        pixels = cv2.findNonZero((labels[top : top + down, left : left + across] == index + 1).astype(np.uint8))
+        (_, _), (long, thick), _ = cv2.minAreaRect(pixels)
+        long, thick = max(long, thick), max(min(long, thick), 1.0)
+        if long >= _BAR_ASPECT * thick and areas[index] >= _BAR_FILL * long * thick:
+            bars.append((index, long))
+    if not bars:
+        return ink
+    out = np.zeros(above.shape, bool)
+    for index, long in bars:
+        rest = np.ones(len(areas), bool)
+        rest[[other for other, _ in bars]] = False
+        rest &= areas >= max(8, 0.08 * areas[rest].max(initial=0))
+        if areas[rest].sum() < _BAR_REST * areas[index]:
+            continue
+        left, top = stats[1:, cv2.CC_STAT_LEFT][rest], stats[1:, cv2.CC_STAT_TOP][rest]
+        right = left + stats[1:, cv2.CC_STAT_WIDTH][rest]
+        bottom = top + stats[1:, cv2.CC_STAT_HEIGHT][rest]
+        span = max(right.max() - left.min(), bottom.max() - top.min())
+        if long >= _BAR_LONGER * span:
+            out |= labels == index + 1
+    if not out.any():
+        return ink
+    # the bar with its soft border, at full size
+    out = cv2.resize(cv2.dilate(out.astype(np.uint8), _SQUARE3), (ink.shape[1], ink.shape[0]),
+                     interpolation=cv2.INTER_NEAREST)
+    return np.where(cv2.dilate(out, _SQUARE3).astype(bool), np.minimum(ink, 0.0), ink).astype(np.float32)
+
+
 def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Binary mask of the digit's strokes, plus the background floor and ink level.
 
@@ -463,7 +625,7 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     peak = _kth_largest(flat)
     if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
-    uncluttered = without_clutter(ink, median + 5 * noise)
+    uncluttered = without_bars(without_clutter(ink, median + 5 * noise), median + 5 * noise)
     if uncluttered is not ink:
         try:
             return _strokes(uncluttered, median, noise)
@@ -527,13 +689,111 @@ def _within_work_side(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
 
 
+#: the side of the copy the sheet is looked for on
+_SHEET_SIDE = 256
+#: a sheet's edge against the table: the log of the brightness changes by at
+#: least this much per pixel of that copy (paper 0.85 on grey 0.45: 0.6 over
+#: a pixel or two); a shadow's border, spread over 1.5-10% of the frame,
+#: changes it by under 0.1, and a white desk's edge is not found (nor needed:
+#: it does not pass for ink)
+_SHEET_EDGE = 0.12
+#: ruled lines and strokes, thinner than this on that copy, are no edges
+_SHEET_THIN = np.ones((7, 7), np.uint8)
+#: near the frame's edge the table may be thinner than that: there the
+#: picture's own edges count (a line or stroke that ends there encloses nothing)
+_SHEET_BAND = 6
+
+
+def _log_gradient(image: np.ndarray) -> np.ndarray:
+    """How much the log of the brightness changes per pixel: light multiplies,
+    so an edge's strength does not depend on how bright the light is there."""
+    log = np.log(np.clip(image, 1.0 / 255, 1.0))
+    return cv2.magnitude(cv2.Sobel(log, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(log, cv2.CV_32F, 0, 1, ksize=3)) / 8
+
+
+def _filled(region: np.ndarray) -> np.ndarray:
+    """``region`` (uint8 0/1) with its holes filled: what the frame's edge cannot reach around it."""
+    outside = np.pad(1 - region, 1, constant_values=1)
+    cv2.floodFill(outside, np.zeros((outside.shape[0] + 2, outside.shape[1] + 2), np.uint8), (0, 0), 2)
+    return (outside[1:-1, 1:-1] != 2).astype(np.uint8)
+
+
+def find_sheet(image: np.ndarray) -> np.ndarray | None:
+    """Where the sheet is when the photo shows it lying on a table (its edge
+    inside the frame): a 0/1 float32 mask at the image's size, or None.
+
+    On a 256 px copy of the brightness, sharp edges (:data:`_SHEET_EDGE`)
+    split the frame into regions; the sheet is the brightest large one, its
+    holes (what is written on it) filled. A shadow's soft border splits
+    nothing, so a shadow is never taken for the sheet's edge. Accepted when
+    it covers 12-93% of the frame, is convex (a quadrilateral, maybe cut by
+    the frame) and clearly brighter than the rest.
+    """
+    height, width = image.shape[:2]
+    scale = _SHEET_SIDE / max(height, width)
+    if max(height, width) < _SCENE_SIDE or min(height, width) * scale < 4 * _SHEET_BAND:
+        return None
+    # shrunk first, then to gray: the cheaper order for a big photo
+    small = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    small = _unit_scale(small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+    closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, _SHEET_THIN)
+    edges = _log_gradient(closed) > _SHEET_EDGE
+    band = np.ones(edges.shape, bool)
+    band[_SHEET_BAND:-_SHEET_BAND, _SHEET_BAND:-_SHEET_BAND] = False
+    edges |= band & (_log_gradient(small) > _SHEET_EDGE)
+    regions = 1 - cv2.dilate(edges.astype(np.uint8), _SQUARE3)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(regions, connectivity=4)
+    large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.08 * small.size) + 1
+    if len(large) < 2:
+        return None  # one region: paper (or board) all over, whatever its shadows
+    brightest = large[int(np.argmax([np.median(closed[labels == label]) for label in large]))]
+    sheet = _filled((labels == brightest).astype(np.uint8))
+    if not 0.12 <= sheet.mean() <= 0.93:
+        return None
+    outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.contourArea(cv2.convexHull(max(outline, key=cv2.contourArea)))
+    if sheet.sum() < 0.9 * hull:
+        return None
+    if np.median(closed[sheet == 0]) > 0.85 * np.median(closed[sheet == 1]):
+        return None
+    return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+_SQUARE3 = np.ones((3, 3), np.uint8)
+
+
+def _on_sheet(image: np.ndarray, sheet: np.ndarray) -> np.ndarray:
+    """``image`` cropped to the sheet, with the table past the sheet's edge
+    made transparent, for :func:`to_gray` to read it as the sheet's paper.
+    Cropped: the paper's noise is then measured on paper, not on a table
+    filled with its smooth shade."""
+    ys, xs = np.nonzero(sheet.any(axis=1))[0], np.nonzero(sheet.any(axis=0))[0]
+    image, sheet = image[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1], sheet[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    colour = np.ascontiguousarray(image[:, :, :3])
+    top = 1.0 if image.dtype == np.float32 else float(np.iinfo(image.dtype).max)
+    return np.dstack([colour, (sheet * top).astype(image.dtype)])
+
+
 def normalize_photo(image: np.ndarray) -> np.ndarray:
     """Decoded image (any depth; gray, BGR or BGRA) -> MNIST-style 28x28:
     shrunk to the working size first (at the decoded depth, the cheapest),
-    then :func:`ink_gray` and :func:`normalize_mnist`."""
+    then :func:`ink_gray` and :func:`normalize_mnist`; on the sheet alone when
+    it lies on a table (:func:`find_sheet`), and on the whole frame when there
+    is no ink on it."""
     if image.ndim == 3 and image.dtype not in (np.uint8, np.uint16, np.float32):
         image = _unit_scale(image)
-    gray, light = ink_gray(_within_work_side(image))
+    image = _within_work_side(image)
+    # a picture with transparency says itself where its page is
+    sheet = find_sheet(image) if image.ndim == 2 or image.shape[2] == 3 else None
+    if sheet is not None:
+        try:
+            gray, light = ink_gray(_on_sheet(image, sheet))
+            return normalize_mnist(gray, light=light)
+        except EmptyImage:
+            pass
+    gray, light = ink_gray(image)
     return normalize_mnist(gray, light=light)
 
 

@@ -1,0 +1,228 @@
+"""What lies around the digit in a photo: the sheet on its table, a cut-out page, the light and its shadows.
+
+Pure: scenes are drawn with OpenCV in memory; no model, no servers.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from streamapp.imaging import normalize
+from streamapp.imaging.normalize import find_sheet, shaded_paper
+from streamapp.imaging.tensor import to_tensor
+from tests.imaging.drawing import encode, glyph, similar
+
+#: a sheet lying tilted on the table, about 45% of a 768x1024 frame
+_SHEET = np.array([[250, 120], [930, 60], [990, 560], [300, 700]], np.int32)
+
+
+def _on_table(table: float = 0.3, paper: float = 0.88, blur: float = 0.0, corners=_SHEET) -> np.ndarray:
+    """Gray float32: the sheet on a table; ``blur`` (px) softens its edge as a shadow's border is soft."""
+    frame = np.full((768, 1024), table, np.float32)
+    cv2.fillPoly(frame, [corners], paper, cv2.LINE_AA)
+    return cv2.GaussianBlur(frame, (0, 0), blur) if blur else frame
+
+
+def _digit_on(frame: np.ndarray, size: int = 90, at: tuple[int, int] = (300, 500), pen: float = 0.1) -> np.ndarray:
+    ink = glyph(size=size)
+    alpha = np.zeros(frame.shape, np.float32)
+    alpha[at[0] : at[0] + size, at[1] : at[1] + size] = ink
+    return frame * (1 - alpha) + pen * alpha
+
+
+# -- the sheet on a table ---------------------------------------------------------------
+
+
+def test_a_sheet_on_a_darker_table_is_found_with_what_is_written_on_it():
+    image = (_digit_on(_on_table()) * 255).astype(np.uint8)
+    sheet = find_sheet(image)
+    assert sheet is not None and sheet.shape == image.shape
+    inside = np.zeros(image.shape, np.uint8)
+    cv2.fillPoly(inside, [_SHEET], 1)
+    # the sheet, its digit included, and nothing of the table (a margin clear of the edge aside)
+    assert sheet[inside == 1].mean() > 0.9 and sheet[inside == 0].mean() < 0.01
+    assert sheet[300:390, 500:590].all()
+
+
+def test_a_soft_edge_is_a_shadow_not_a_sheet():
+    # the same outline and contrast, its edge spread as a shadow's penumbra is
+    # (2.6% of the frame's short side): the light's log changes by under
+    # _SHEET_EDGE per pixel of the 256 px copy
+    assert find_sheet((_on_table(blur=20.0) * 255).astype(np.uint8)) is None
+    assert find_sheet((_on_table(blur=1.0) * 255).astype(np.uint8)) is not None
+
+
+def test_a_faint_edge_is_no_sheet_and_a_clear_one_is():
+    # log(0.88 / 0.8) over a pixel or two is under _SHEET_EDGE; log(0.88 / 0.6) is well over
+    assert find_sheet((_on_table(table=0.8) * 255).astype(np.uint8)) is None
+    assert find_sheet((_on_table(table=0.6) * 255).astype(np.uint8)) is not None
+
+
+def test_paper_all_over_and_a_scrap_on_the_table_are_no_sheet():
+    assert find_sheet((_digit_on(np.full((768, 1024), 0.88, np.float32)) * 255).astype(np.uint8)) is None
+    scrap = np.array([[400, 300], [560, 300], [560, 420], [400, 420]], np.int32)  # 2.4% of the frame
+    assert find_sheet((_on_table(corners=scrap) * 255).astype(np.uint8)) is None
+
+
+def test_a_small_picture_is_not_searched():
+    assert find_sheet(np.full((120, 160), 128, np.uint8)) is None
+
+
+def test_a_small_digit_on_a_sheet_on_a_dark_table_is_dark_ink(reference):
+    """The table fills 60% of the frame and the sheet looks like light ink on
+    it; read on the sheet, the digit is dark ink on paper."""
+    image = _digit_on(_on_table(table=0.12), size=110, at=(280, 520))
+    data = encode(np.dstack([image] * 3), ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))
+    assert similar(to_tensor(data), reference, 0.9)
+
+
+def test_with_no_ink_on_the_sheet_the_whole_frame_is_read(monkeypatch, reference):
+    # a "sheet" found where nothing is written (the digit lies past it): the frame is read as before
+    image = _digit_on(np.full((768, 1024), 0.88, np.float32), size=110, at=(300, 700))
+    data = encode(image)
+    blank = np.zeros(image.shape, np.float32)
+    blank[:, :500] = 1.0
+    monkeypatch.setattr(normalize, "find_sheet", lambda image: blank)
+    tensor = to_tensor(data)
+    monkeypatch.setattr(normalize, "find_sheet", lambda image: None)
+    assert np.array_equal(tensor, to_tensor(data)) and similar(tensor, reference, 0.9)
+
+
+# -- a page cut out of its photo (transparency) ------------------------------------------
+
+
+@pytest.mark.parametrize("black_under", [False, True])
+def test_a_cut_out_page_under_half_the_frame_is_paper_not_ink(reference, black_under):
+    page = _digit_on(np.full((768, 1024), 0.88, np.float32), size=110, at=(280, 520))
+    alpha = np.zeros(page.shape, np.float32)
+    cv2.fillPoly(alpha, [_SHEET], 1.0, cv2.LINE_AA)
+    assert alpha.mean() < 0.5
+    if black_under:
+        page = page * (alpha > 0)
+    assert similar(to_tensor(encode(np.dstack([page] * 3 + [alpha]))), reference, 0.9)
+
+
+def test_what_is_a_page_and_what_is_strokes():
+    frame = np.zeros((300, 400), bool)
+    broad = frame.copy()
+    broad[50:250, 60:300] = True  # 40% of the frame, a broad quadrilateral: a page
+    assert normalize._is_page(broad)
+    strokes = frame.copy()
+    for x in range(20, 400, 40):
+        strokes[:, x : x + 10] = True  # 25% of the frame in bars 10 px wide: strokes
+    assert not normalize._is_page(strokes)
+    assert normalize._is_page(frame | True)  # over half the frame, whatever its shape
+    assert not normalize._is_page(broad & (np.arange(400) < 100))  # a broad patch of 10%: too little
+
+
+# -- light and shadows ----------------------------------------------------------------------
+
+
+def _shadowed(depth: float, soft: float = 25.0, lamp: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Gray paper under a lamp, a hand-like shadow of ``depth`` across its
+    middle, and a pencil-grey digit half in it; and the light alone."""
+    xs = np.mgrid[0:600, 0:800][1].astype(np.float32)
+    light = 1.0 - lamp * xs / 800
+    shadow = np.zeros((600, 800), np.float32)
+    cv2.ellipse(shadow, (560, 330), (260, 170), 20, 0, 360, 1.0, -1)
+    light *= 1.0 - depth * cv2.GaussianBlur(shadow, (0, 0), soft)
+    paper = np.full((600, 800), 0.9, np.float32)
+    return _digit_on(paper, size=160, at=(220, 300), pen=0.45) * light, light
+
+
+def test_shaded_paper_is_the_light_not_the_strokes():
+    gray, light = _shadowed(0.55)
+    shade = shaded_paper(gray)
+    assert shade is not None
+    paper = 0.9 * light
+    digit = np.zeros(gray.shape, bool)
+    digit[220:380, 300:460] = glyph(size=160) > 0.5
+    # follows the shadow and the lamp on the paper, within a few percent ...
+    away = ~cv2.dilate(digit.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool)
+    assert np.median(np.abs(shade[away] / paper[away] - 1)) < 0.03
+    # ... and goes over the strokes, not into them
+    assert np.median(shade[digit] / paper[digit]) > 0.9
+
+
+def test_even_light_is_left_to_the_paper_estimate():
+    # a lamp's slope of 15% across the page (0.16 in log): even enough
+    gray, _ = _shadowed(0.0, lamp=0.15)
+    assert shaded_paper(gray) is None
+    # 15% and a shadow a quarter dark: 0.45 in log
+    gray, _ = _shadowed(0.25, lamp=0.15)
+    assert shaded_paper(gray) is not None
+
+
+def test_a_tight_crop_or_a_small_picture_has_no_shading_estimate():
+    assert shaded_paper(np.full((200, 240), 0.9, np.float32)) is None
+    # a tight crop: the strokes are as wide as anything there, no closing size leaves them out
+    tight = 1 - 0.8 * cv2.resize(glyph(size=200, thickness=60), (600, 600))
+    assert shaded_paper(tight.astype(np.float32)) is None
+
+
+def test_the_closing_that_lifts_the_strokes_is_past_where_ink_stops_growing():
+    sizes = normalize._SHADE_SIZES
+    # ink grows up to the 3rd size (the strokes' width), then stays: the size after it
+    grows = [10.0, 50.0, 100.0] + [102.0] * (len(sizes) - 3)
+    assert normalize._stroke_closing(grows) == 3
+    # a shadow keeps adding "ink" at every size: no size separates strokes from it
+    assert normalize._stroke_closing([float(2**i) for i in range(len(sizes))]) is None
+    assert normalize._stroke_closing([0.0] * len(sizes)) is None
+
+
+def test_a_pencil_digit_half_in_a_deep_shadow_is_read_not_refused(reference):
+    gray, _ = _shadowed(0.6, soft=30.0)
+    digit = _digit_on(np.full((600, 800), 0.9, np.float32), size=160, at=(220, 300), pen=0.45)
+    plain = to_tensor(encode(digit))
+    tensor = to_tensor(encode(np.clip(gray, 0, 1), ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90)))
+    assert similar(tensor, plain, 0.9) and similar(tensor, reference, 0.85)
+
+
+# -- a pen lying in view ---------------------------------------------------------------------
+
+
+def _pen_and_digit(pen_length: int, pen_width: int = 12, digit: int = 100) -> np.ndarray:
+    """Signed ink (as ink_image gives it): a digit-sized "7" and a straight pen beside it."""
+    ink = np.zeros((600, 800), np.float32)
+    ink[150 : 150 + digit, 150 : 150 + digit] = seven_ink(digit)
+    cv2.line(ink, (400, 450), (400 + pen_length, 450 - pen_length // 3), 0.9, pen_width)
+    return ink
+
+
+def seven_ink(size: int) -> np.ndarray:
+    from tests.imaging.drawing import seven
+
+    return seven(size, max(3, size // 10)) * 0.8
+
+
+def test_a_pen_far_longer_than_the_digit_goes_and_the_digit_stays():
+    ink = _pen_and_digit(330)  # ~350 px long: over 4 times the digit's ~80 px span
+    cleaned = normalize.without_bars(ink, 0.2)
+    pen = (ink > 0.5) & (np.arange(800) >= 390)
+    assert cleaned[pen].max() < 0.05
+    assert np.array_equal(cleaned[150:250, 150:250], ink[150:250, 150:250])
+
+
+def test_a_bar_not_twice_the_digits_span_is_kept():
+    # ~1.3 times the digit's span (_BAR_LONGER is 2): a long stroke, not a pen
+    ink = _pen_and_digit(100)
+    assert np.array_equal(normalize.without_bars(ink, 0.2), ink)
+
+
+def test_a_thick_short_shape_or_a_lone_bar_is_not_a_pen():
+    # as thick as a finger's shadow: under _BAR_ASPECT times as long as thick
+    assert np.array_equal(normalize.without_bars(_pen_and_digit(330, pen_width=70), 0.2), _pen_and_digit(330, pen_width=70))
+    # a long straight stroke with nothing else there is the digit (a 1)
+    lone = np.zeros((600, 800), np.float32)
+    cv2.line(lone, (400, 100), (420, 500), 0.9, 12)
+    assert np.array_equal(normalize.without_bars(lone, 0.2), lone)
+
+
+def test_a_speck_beside_a_long_stroke_does_not_make_it_a_pen():
+    # what is left besides the bar must hold _BAR_REST of its ink: a speck does not
+    ink = np.zeros((600, 800), np.float32)
+    cv2.line(ink, (300, 100), (330, 500), 0.9, 12)
+    ink[300:306, 500:506] = 0.9
+    assert np.array_equal(normalize.without_bars(ink, 0.2), ink)
