@@ -226,3 +226,14 @@ def test_a_speck_beside_a_long_stroke_does_not_make_it_a_pen():
     cv2.line(ink, (300, 100), (330, 500), 0.9, 12)
     ink[300:306, 500:506] = 0.9
     assert np.array_equal(normalize.without_bars(ink, 0.2), ink)
+
+
+def test_scenes_are_looked_for_from_400_px_on():
+    """_SCENE_SIDE: under 400 px (longest side) a picture is a crop or a scan;
+    the same sheet and the same shadow are found at 400 and not at 399."""
+    table = (_on_table() * 255).astype(np.uint8)
+    shadowed, _ = _shadowed(0.55)
+    assert find_sheet(cv2.resize(table, (400, 300), interpolation=cv2.INTER_AREA)) is not None
+    assert find_sheet(cv2.resize(table, (399, 299), interpolation=cv2.INTER_AREA)) is None
+    assert shaded_paper(cv2.resize(shadowed, (400, 300), interpolation=cv2.INTER_AREA)) is not None
+    assert shaded_paper(cv2.resize(shadowed, (399, 299), interpolation=cv2.INTER_AREA)) is None
