@@ -35,6 +35,15 @@ def _unit_scale(image: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
 
 
+def _shrunk(image: np.ndarray, side: float, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """``image`` with its longest side at most ``side`` px (itself if it is that small already)."""
+    height, width = image.shape[:2]
+    if max(height, width) <= side:
+        return image
+    scale = side / max(height, width)
+    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=interpolation)
+
+
 #: how a colour picture becomes one channel: luminance, or per pixel its
 #: channel that departs most from the paper's colour, darker or lighter (see
 #: :func:`ink_gray`)
@@ -52,9 +61,7 @@ def _one_channel(colour: np.ndarray, mix: str, opaque: np.ndarray | None = None)
     """
     if mix == "luminance":
         return _unit_scale(cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
-    height, width = colour.shape[:2]
-    scale = min(1.0, 64.0 / max(height, width))
-    small = cv2.resize(colour, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    small = _shrunk(colour, 64)
     pixels = small.reshape(-1, 3)
     if opaque is not None:  # only what is seen: transparent pixels' colour means nothing
         seen = cv2.resize(opaque.astype(np.uint8), (small.shape[1], small.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -138,10 +145,7 @@ def _is_page(opaque: np.ndarray) -> bool:
         return True
     if share < _PAGE_LEAST:
         return False
-    height, width = opaque.shape
-    scale = min(1.0, 128.0 / max(height, width))
-    small = cv2.resize(opaque.astype(np.uint8), (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_NEAREST)
+    small = _shrunk(opaque.astype(np.uint8), 128, cv2.INTER_NEAREST)
     return stroke_width(small) >= _PAGE_THICKNESS * min(small.shape)
 
 
@@ -165,12 +169,8 @@ def _kth_largest(values: np.ndarray) -> float:
 
 def _paper_copy(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """``gray`` shrunk to 64 px and lightly blurred (whether it was shrunk)."""
-    height, width = gray.shape
-    scale = 64.0 / max(height, width)
-    if scale >= 1.0:
-        return cv2.GaussianBlur(gray, (0, 0), 1.0), False
-    small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    return cv2.GaussianBlur(small, (0, 0), 1.0), True
+    small = _shrunk(gray, 64)
+    return cv2.GaussianBlur(small, (0, 0), 1.0), small is not gray
 
 
 def light_ink(gray: np.ndarray, small: np.ndarray | None = None) -> bool:
@@ -233,12 +233,16 @@ _SHADE_PLATEAU = 1.15
 _SHADE_SPREAD = 0.25
 
 
-def _closings(log: np.ndarray) -> tuple[list[float], list[np.ndarray]]:
-    """Each :data:`_SHADE_SIZES` closing of ``log``, and how much ink (darker
-    by over :data:`_SHADE_DARKER`) it lifts."""
+def _closed(log: np.ndarray, size: int) -> np.ndarray:
+    return cv2.morphologyEx(log, cv2.MORPH_CLOSE, np.ones((size, size), np.uint8))
+
+
+def _closings(log: np.ndarray, widest: np.ndarray) -> tuple[list[float], list[np.ndarray]]:
+    """Each :data:`_SHADE_SIZES` closing of ``log`` (the widest given, made
+    already), and how much ink (darker by over :data:`_SHADE_DARKER`) it lifts."""
     energies, closings = [], []
     for size in _SHADE_SIZES:
-        closed = cv2.morphologyEx(log, cv2.MORPH_CLOSE, np.ones((size, size), np.uint8))
+        closed = widest if size == _SHADE_SIZES[-1] else _closed(log, size)
         depth = closed - log
         energies.append(float(depth[depth > _SHADE_DARKER].sum()))
         closings.append(closed)
@@ -270,18 +274,16 @@ def shaded_paper(gray: np.ndarray) -> np.ndarray | None:
     whatever its depth, and leaves ink its contrast inside the shadow.
     """
     height, width = gray.shape
-    scale = _SHADE_SIDE / max(height, width)
     if max(height, width) < _SCENE_SIDE:
         return None
-    small = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-    log = np.log(np.clip(small, 1.0 / 255, None))
+    log = np.log(np.clip(_shrunk(gray, _SHADE_SIDE), 1.0 / 255, None))
     # first the widest closing: it lifts the digit whole, a broad blob of ink
     # (a marker's crossing) as well, and leaves only the light
-    widest = _SHADE_SIZES[-1]
-    darkest, brightest = np.percentile(cv2.morphologyEx(log, cv2.MORPH_CLOSE, np.ones((widest, widest), np.uint8)), (1, 99))
+    widest = _closed(log, _SHADE_SIZES[-1])
+    darkest, brightest = np.percentile(widest, (1, 99))
     if brightest - darkest < _SHADE_SPREAD:
         return None
-    energies, closings = _closings(log)
+    energies, closings = _closings(log, widest)
     chosen = _stroke_closing(energies)
     if chosen is None:
         return None
@@ -591,18 +593,19 @@ def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
             bars.append((index, long))
     if not bars:
         return ink
+    # the rest of the ink: neither bar nor speck
+    rest = np.ones(len(areas), bool)
+    rest[[index for index, _ in bars]] = False
+    rest &= areas >= max(8, 0.08 * areas[rest].max(initial=0))
+    if not rest.any():
+        return ink
+    left, top = stats[1:, cv2.CC_STAT_LEFT][rest], stats[1:, cv2.CC_STAT_TOP][rest]
+    right = left + stats[1:, cv2.CC_STAT_WIDTH][rest]
+    bottom = top + stats[1:, cv2.CC_STAT_HEIGHT][rest]
+    span = max(right.max() - left.min(), bottom.max() - top.min())
     out = np.zeros(above.shape, bool)
     for index, long in bars:
-        rest = np.ones(len(areas), bool)
-        rest[[other for other, _ in bars]] = False
-        rest &= areas >= max(8, 0.08 * areas[rest].max(initial=0))
-        if areas[rest].sum() < _BAR_REST * areas[index]:
-            continue
-        left, top = stats[1:, cv2.CC_STAT_LEFT][rest], stats[1:, cv2.CC_STAT_TOP][rest]
-        right = left + stats[1:, cv2.CC_STAT_WIDTH][rest]
-        bottom = top + stats[1:, cv2.CC_STAT_HEIGHT][rest]
-        span = max(right.max() - left.min(), bottom.max() - top.min())
-        if long >= _BAR_LONGER * span:
+        if areas[rest].sum() >= _BAR_REST * areas[index] and long >= _BAR_LONGER * span:
             out |= labels == index + 1
     if not out.any():
         return ink
@@ -625,7 +628,8 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     peak = _kth_largest(flat)
     if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
-    uncluttered = without_bars(without_clutter(ink, median + 5 * noise), median + 5 * noise)
+    level = median + 5 * noise
+    uncluttered = without_bars(without_clutter(ink, level), level)
     if uncluttered is not ink:
         try:
             return _strokes(uncluttered, median, noise)
@@ -681,14 +685,6 @@ def stroke_width(mask: np.ndarray) -> float:
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
-def _within_work_side(image: np.ndarray) -> np.ndarray:
-    height, width = image.shape[:2]
-    if max(height, width) <= WORK_SIDE:
-        return image
-    scale = WORK_SIDE / max(height, width)
-    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-
-
 #: the side of the copy the sheet is looked for on
 _SHEET_SIDE = 256
 #: a sheet's edge against the table: the log of the brightness changes by at
@@ -734,7 +730,7 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     if max(height, width) < _SCENE_SIDE or min(height, width) * scale < 4 * _SHEET_BAND:
         return None
     # shrunk first, then to gray: the cheaper order for a big photo
-    small = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    small = _shrunk(image, _SHEET_SIDE)
     small = _unit_scale(small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
     closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, _SHEET_THIN)
     edges = _log_gradient(closed) > _SHEET_EDGE
@@ -784,7 +780,7 @@ def normalize_photo(image: np.ndarray) -> np.ndarray:
     is no ink on it."""
     if image.ndim == 3 and image.dtype not in (np.uint8, np.uint16, np.float32):
         image = _unit_scale(image)
-    image = _within_work_side(image)
+    image = _shrunk(image, WORK_SIDE)
     # a picture with transparency says itself where its page is
     sheet = find_sheet(image) if image.ndim == 2 or image.shape[2] == 3 else None
     if sheet is not None:
@@ -800,7 +796,7 @@ def normalize_photo(image: np.ndarray) -> np.ndarray:
 def normalize_mnist(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
     """Gray image in [0, 1] (any size, any polarity; ``light``: the ink is
     lighter than the paper, None: find out) -> MNIST-style 28x28."""
-    gray = _within_work_side(gray)
+    gray = _shrunk(gray, WORK_SIDE)
     ink = ink_image(gray, light)
     cleaned = without_lines(ink)
     try:
