@@ -1,5 +1,6 @@
 """The fixtures, each defined once: the bundled samples and tensors made from
-them, the model, MNIST's held-out split, and the real embedded stack.
+them, the model, MNIST's held-out split, the real embedded stack, and the
+real broker alone (``broker``, one per test module, for Kafka client tests).
 
 The ``stack`` fixture starts the real broker (Tansu), the real S3 server, our
 predictor and a real ``faust -A streamapp worker`` once per test session, and
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streamapp.embedded.broker import EmbeddedBroker
 from streamapp.embedded.stack import Stack
 from tests.support import running_stack, sample_label, samples_dir
 
@@ -32,6 +34,13 @@ def samples() -> list[Path]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("stack")) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log")
+    with broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")

@@ -63,13 +63,6 @@ def transport_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return os.pathsep.join(paths)
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log")
-    with broker:
-        yield broker
-
-
 class Workers:
     """Counter-app workers of one app id, on one topic; all stopped at teardown."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -24,13 +23,6 @@ from streamapp.kafka.transport import SpacedRequestsProducer
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 8
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log")
-    with broker:
-        yield broker
 
 
 def new_topic(broker: EmbeddedBroker) -> str:
