@@ -164,7 +164,50 @@ def _kth_largest(values: np.ndarray) -> float:
     small digit that covers well under 1% of a big photo."""
     flat = values.ravel()
     k = min(max(3, flat.size // 5000), 50)
-    return float(np.partition(flat, flat.size - k)[flat.size - k]) if flat.size > k else float(flat.max())
+    if flat.size <= k:
+        return float(flat.max())
+    if values.ndim == 2 and values.shape[0] > k:
+        # k rows reach the k-th largest row maximum, so the answer is at least
+        # that: only what reaches it is partitioned, not the whole picture
+        rows = values.max(axis=1)
+        bound = np.partition(rows, rows.size - k)[rows.size - k]
+        top = values[rows >= bound]
+        flat = top[top >= bound]
+    return float(np.partition(flat, flat.size - k)[flat.size - k])
+
+
+def _median(values: np.ndarray) -> float:
+    """``float(np.median(values))``, exactly, in a fifth of the time on a big
+    picture: a sample brackets the middle ranks, and only the values between
+    the brackets are partitioned (the whole, if the sample missed)."""
+    flat = values.ravel()
+    size = flat.size
+    if size < 40_000:
+        return float(np.median(flat))
+    sample = flat[:: max(1, size // 16384)]
+    # 3 sqrt(n) ranks either side: six standard deviations of where the median falls in a random sample
+    middle, reach = sample.size // 2, int(3 * np.sqrt(sample.size)) + 2
+    brackets = [max(0, middle - reach), min(sample.size - 1, middle + reach)]
+    low, high = np.partition(sample, brackets)[brackets]
+    below = int(np.count_nonzero(flat < low))
+    band = flat[(flat >= low) & (flat <= high)]
+    ranks = [(size - 1) // 2 - below, size // 2 - below]
+    if ranks[0] < 0 or ranks[1] >= band.size:
+        return float(np.median(flat))
+    # np.median's own arithmetic on the two middle values (one, twice, for an odd size)
+    return float(np.median(np.partition(band, ranks)[ranks]))
+
+
+def _components(binary: np.ndarray, connectivity: int = 8) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """``cv2.connectedComponentsWithStats``, with 16-bit labels when they
+    cannot overflow (fewer set pixels than that): the same labels, four times
+    faster on a sparse 1024 px mask than with 32-bit ones."""
+    return cv2.connectedComponentsWithStats(binary, connectivity=connectivity, ltype=_label_type(binary))
+
+
+def _label_type(binary: np.ndarray) -> int:
+    """16-bit labels when there are fewer set pixels than they can count, else 32-bit."""
+    return cv2.CV_16U if cv2.countNonZero(binary) < 65535 else cv2.CV_32S
 
 
 def _paper_copy(gray: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -349,8 +392,8 @@ def _robust_level(ink: np.ndarray) -> tuple[float, float]:
     """The background's median and noise (MAD) from every other pixel: the
     statistics of a big image settle long before all of it is read."""
     flat = (ink[::2, ::2] if ink.size > 40_000 else ink).ravel()
-    median = float(np.median(flat))
-    return median, 1.4826 * float(np.median(np.abs(flat - median)))
+    median = _median(flat)
+    return median, 1.4826 * _median(np.abs(flat - median))
 
 
 def _line_candidates(marked: np.ndarray) -> list[tuple[float, float]]:
@@ -361,10 +404,11 @@ def _line_candidates(marked: np.ndarray) -> list[tuple[float, float]]:
     a projection of the ink across that angle then finds every line, those a
     corner of a tilted photo cuts short as well."""
     height, width = marked.shape
-    ys, xs = np.nonzero(marked)
-    if len(xs) == 0:
+    points = cv2.findNonZero(marked)  # np.nonzero's order, in a quarter of its time
+    if points is None:
         return []
-    xs, ys = xs.astype(np.float32), ys.astype(np.float32)
+    points = points.reshape(-1, 2)
+    xs, ys = points[:, 0].astype(np.float32), points[:, 1].astype(np.float32)
     found = []
     # theta is the angle of the line's normal: ~90 deg for a horizontal line, ~0 or ~180 for a vertical one
     for low, high, extent in ((np.pi / 2 - _LINE_TILT, np.pi / 2 + _LINE_TILT, width),
@@ -500,7 +544,7 @@ def without_lines(ink: np.ndarray) -> np.ndarray:
     # what is left of a line with no stroke through it (a bit kept beside a
     # speck) goes too: ink that lies wholly along the lines is not the digit's
     left = (((cleaned > 0) & marked.astype(bool)) | stroke).astype(np.uint8)
-    count, labels = cv2.connectedComponents(left, connectivity=8)
+    count, labels = cv2.connectedComponents(left, connectivity=8, ltype=_label_type(left))
     if count > 1:
         off_line = np.bincount(labels[~near], minlength=count)
         along = (off_line[labels] == 0) & (labels > 0)
@@ -539,7 +583,7 @@ def without_clutter(ink: np.ndarray, level: float) -> np.ndarray:
     height, width = ink.shape
     if min(height, width) < 40:
         return ink
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > level).astype(np.uint8), connectivity=8)
+    count, labels, stats, _ = _components((ink > level).astype(np.uint8))
     if count <= 2:
         return ink
     left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
@@ -578,7 +622,7 @@ def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
     # on every other pixel: a pen is long, and the labelling costs a quarter
     above = np.ascontiguousarray(ink[::2, ::2] > level).astype(np.uint8)
     height, width = above.shape
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    count, labels, stats, _ = _components(above)
     if count <= 2:
         return ink
     sides = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
@@ -621,11 +665,10 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     ``ink`` is :func:`ink_image`'s signed output. Raises EmptyImage when
     nothing stands out from the background noise.
     """
-    flat = ink.ravel()
-    median = float(np.median(flat))
+    median = _median(ink)
     # noise from the median absolute deviation: robust while ink is a minority
-    noise = 1.4826 * float(np.median(np.abs(flat - median)))
-    peak = _kth_largest(flat)
+    noise = 1.4826 * _median(np.abs(ink - median))
+    peak = _kth_largest(ink)
     if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
     level = median + 5 * noise
@@ -639,13 +682,13 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def _strokes(ink: np.ndarray, median: float, noise: float) -> tuple[np.ndarray, float, float]:
-    peak = _kth_largest(ink.ravel())
+    peak = _kth_largest(ink)
     if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
     otsu, _ = cv2.threshold((np.clip(ink / peak, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     threshold = max(otsu / 255.0 * peak, median + 5 * noise, 0.25 * peak)
     mask = (ink > threshold).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    count, labels, stats, _ = _components(mask)
     if count <= 1:
         raise EmptyImage("no ink: the image is blank")
     areas = stats[1:, cv2.CC_STAT_AREA]
@@ -738,7 +781,7 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     band[_SHEET_BAND:-_SHEET_BAND, _SHEET_BAND:-_SHEET_BAND] = False
     edges |= band & (_log_gradient(small) > _SHEET_EDGE)
     regions = 1 - cv2.dilate(edges.astype(np.uint8), _SQUARE3)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(regions, connectivity=4)
+    _, labels, stats, _ = _components(regions, connectivity=4)
     large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.08 * small.size) + 1
     if len(large) < 2:
         return None  # one region: paper (or board) all over, whatever its shadows
@@ -807,20 +850,29 @@ def normalize_mnist(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
             raise
         # the "lines" were all the ink there is: a thin 1 drawn edge to edge
         mask, floor, level = digit_mask(ink)
+    left, top, across, down = cv2.boundingRect(mask.view(np.uint8))  # the bool mask's bytes, not copied
+    scale = 20.0 / max(across, down)
+    width = stroke_width(_around(mask, (left, top, across, down), 1))
+    # a fine pen on a big digit would shrink to faint hairlines; thicken it
+    # to MNIST's ~2 px strokes, which is what the model knows
+    grow = round(_MNIST_STROKE / scale - width) if width * scale < _MIN_STROKE else 0
+    # all that follows reaches no further from the mask than the dilations do:
+    # done on that crop, not on the whole picture
+    room = 2 + grow // 2
+    mask, ink = (_around(image, (left, top, across, down), room) for image in (mask, ink))
     ink = np.maximum(ink, 0.0)
     # strokes at full strength, background and specks at zero, edges kept soft
     near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     clean = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-6), 0.0, 1.0), 0.0).astype(np.float32)
-    ys, xs = np.nonzero(mask)
-    scale = 20.0 / max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-    width = stroke_width(mask)
-    if width * scale < _MIN_STROKE:
-        # a fine pen on a big digit would shrink to faint hairlines; thicken it
-        # to MNIST's ~2 px strokes, which is what the model knows
-        grow = round(_MNIST_STROKE / scale - width)
-        if grow >= 2:
-            clean = cv2.dilate(clean, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
-    ys, xs = np.nonzero(clean > 0)
-    if len(ys) == 0:
+    if grow >= 2:
+        clean = cv2.dilate(clean, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
+    left, top, across, down = cv2.boundingRect((clean > 0).view(np.uint8))
+    if across == 0:
         raise EmptyImage("no ink: the image is blank")
-    return centre_digit(clean[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    return centre_digit(clean[top : top + down, left : left + across])
+
+
+def _around(image: np.ndarray, box: tuple[int, int, int, int], room: int) -> np.ndarray:
+    """``image`` cropped to ``box`` (left, top, width, height) and ``room`` px around it, as far as the image goes."""
+    left, top, across, down = box
+    return image[max(0, top - room) : top + down + room, max(0, left - room) : left + across + room]
