@@ -8,12 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from streamapp.imaging import normalize
+from streamapp.imaging import normalize, quantiles
 from streamapp.imaging.normalize import (
     _around,
     _components,
     _kth_largest,
-    _median,
     centre_digit,
     normalize_mnist,
     stroke_width,
@@ -48,9 +47,9 @@ _ARRAYS = {
 @pytest.mark.parametrize("name", list(_ARRAYS))
 def test_median_is_numpys(name):
     values = _ARRAYS[name]
-    assert _median(values) == float(np.median(values))
-    deviation = np.abs(values - _median(values))
-    assert _median(deviation) == float(np.median(deviation))
+    assert quantiles.median(values) == float(np.median(values))
+    deviation = np.abs(values - quantiles.median(values))
+    assert quantiles.median(deviation) == float(np.median(deviation))
 
 
 @pytest.mark.parametrize("name", list(_ARRAYS))
