@@ -92,3 +92,18 @@ def test_labeled_records_written_before_the_confidence_still_load():
     assert (back.digit, back.confidence) == (2, 0.7)  # from its probabilities: archived as a new one would be
     old["probabilities"] = None
     assert LabeledRecord.loads(json.dumps(old).encode()).confidence is None
+
+
+def test_records_go_through_orjson_and_read_what_the_standard_json_wrote():
+    # Faust picks its JSON codec at import: orjson, a dependency, when installed
+    from faust.utils import json as faust_json
+
+    assert faust_json.orjson is not None
+    labeled = LabeledRecord(image=REF, digit=7, model="m", timings={"predict": 0.004}, received_at=1.5,
+                            probabilities=[0.05, 0.95])
+    # a record as a worker on the standard library's json wrote it (non-ASCII
+    # keys escaped): read the same, so workers of either kind share the topics
+    old_wire = json.dumps(json.loads(labeled.dumps())).encode()
+    assert b"\\u00e9" in old_wire
+    assert LabeledRecord.loads(old_wire) == labeled
+    assert b"\\u00e9" not in labeled.dumps()  # orjson writes UTF-8
