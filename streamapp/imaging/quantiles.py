@@ -67,6 +67,7 @@ def _lerp(low: np.floating, high: np.floating, gamma: float | np.float64) -> flo
 
 def percentile(values: np.ndarray, q: float) -> float:
     """``float(np.percentile(values, q))`` (method "linear") for one ``q``."""
+    values = values.ravel()
     virtual, below, above = _ranks(values.size, q)
     part = np.partition(values, (below, above) if above != below else below)
     # one Python number as q: numpy interpolates in the array's own dtype
@@ -75,6 +76,7 @@ def percentile(values: np.ndarray, q: float) -> float:
 
 def percentiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
     """``[float(p) for p in np.percentile(values, qs)]`` (method "linear") for several."""
+    values = values.ravel()
     ranks = [_ranks(values.size, q) for q in qs]
     part = np.partition(values, sorted({rank for _, below, above in ranks for rank in (below, above)}))
     # a sequence of q: numpy interpolates in float64

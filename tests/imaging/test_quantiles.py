@@ -50,6 +50,13 @@ def test_several_percentiles_are_numpys(dtype):
         assert quantiles.percentiles(values, qs) == [float(p) for p in np.percentile(values, qs)]
 
 
+def test_any_shape_is_read_as_numpy_reads_it():
+    values = np.random.default_rng(3).random((28, 28)).astype(np.float32)
+    assert quantiles.median(values) == float(np.median(values))
+    assert quantiles.percentile(values, 75) == float(np.percentile(values, 75))
+    assert quantiles.percentiles(values, (0.5, 99.5)) == [float(p) for p in np.percentile(values, (0.5, 99.5))]
+
+
 def test_the_input_is_not_reordered():
     values = np.array([3.0, 1.0, 2.0, 0.0], np.float32)
     quantiles.median(values), quantiles.percentile(values, 75), quantiles.percentiles(values, (10, 90))
