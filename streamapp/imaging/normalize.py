@@ -302,7 +302,7 @@ def shaded_paper(gray: np.ndarray) -> np.ndarray | None:
     # first the widest closing: it lifts the digit whole, a broad blob of ink
     # (a marker's crossing) as well, and leaves only the light
     widest = _closed(log, _SHADE_SIZES[-1])
-    darkest, brightest = np.percentile(widest, (1, 99))
+    darkest, brightest = quantiles.percentiles(widest, (1, 99))
     if brightest - darkest < _SHADE_SPREAD:
         return None
     energies, closings = _closings(log, widest)
@@ -361,6 +361,7 @@ _LINE_SPAN = 0.85
 #: how far from horizontal or vertical a page's lines may lie (a tilted photo)
 _LINE_TILT = np.deg2rad(15.0)
 _LINE_THETA = np.deg2rad(0.5)  # Hough's step; the angle is then refined to 0.1 degree
+_SQUARE3 = np.ones((3, 3), np.uint8)
 _SQUARE5 = np.ones((5, 5), np.uint8)
 #: the shortest line considered (px): a corner of a tilted photo cuts lines
 #: short, and what it leaves of them would widen the digit's box
@@ -772,7 +773,7 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.08 * small.size) + 1
     if len(large) < 2:
         return None  # one region: paper (or board) all over, whatever its shadows
-    brightest = large[int(np.argmax([np.median(closed[labels == label]) for label in large]))]
+    brightest = large[int(np.argmax([quantiles.median(closed[labels == label]) for label in large]))]
     sheet = _filled((labels == brightest).astype(np.uint8))
     if not 0.12 <= sheet.mean() <= 0.93:
         return None
@@ -780,12 +781,10 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     hull = cv2.contourArea(cv2.convexHull(max(outline, key=cv2.contourArea)))
     if sheet.sum() < 0.9 * hull:
         return None
-    if np.median(closed[sheet == 0]) > 0.85 * np.median(closed[sheet == 1]):
+    if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
         return None
     return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
 
-
-_SQUARE3 = np.ones((3, 3), np.uint8)
 
 
 def _on_sheet(image: np.ndarray, sheet: np.ndarray) -> np.ndarray:
@@ -849,7 +848,7 @@ def normalize_mnist(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
     mask, ink = (_around(image, (left, top, across, down), room) for image in (mask, ink))
     ink = np.maximum(ink, 0.0)
     # strokes at full strength, background and specks at zero, edges kept soft
-    near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    near = cv2.dilate(mask.astype(np.uint8), _SQUARE3).astype(bool)
     clean = np.where(near, np.clip((ink - floor) / max(level - floor, 1e-6), 0.0, 1.0), 0.0).astype(np.float32)
     if grow >= 2:
         clean = cv2.dilate(clean, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
