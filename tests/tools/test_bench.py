@@ -63,6 +63,7 @@ def test_bench_reports_every_figure(tmp_path):
     # the state section: one object per level of preloaded entries
     assert [level["entries"] for level in results["state"]] == [0, 3000]
     for level in results["state"]:
+        assert "error" not in level, (level["entries"], level["error"], run.stdout[-3000:])
         for key in ("restart_to_serving_s", "fresh_worker_to_serving_s", "get_digits_p50_ms", "get_digits_p99_ms",
                     "rss_mb"):
             assert positive(level[key]), (level["entries"], key)
