@@ -195,8 +195,9 @@ class IdleFetchWait:
         return self.wait_ms
 
 
-class TansuFetcher(_AIOKafkaFetcher):
-    """aiokafka's fetcher, asking for the wait :class:`IdleFetchWait` gives.
+class TansuFetcher(kafka_transport.SpacedFetcher):
+    """streamapp's fetcher, asking for the wait :class:`IdleFetchWait` gives
+    when its fetches are not spaced for a load.
 
     aiokafka builds each FetchRequest from ``_fetch_max_wait_ms`` and gets
     ``True`` from ``_proc_fetch_request`` when the fetch added records
@@ -207,15 +208,20 @@ class TansuFetcher(_AIOKafkaFetcher):
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
         got_records = await super()._proc_fetch_request(assignment, node_id, request)
-        self._fetch_max_wait_ms = self.idle_wait.after_fetch(bool(got_records))
+        wait_ms = self.idle_wait.after_fetch(bool(got_records))
+        if not self.spaced:
+            self._fetch_max_wait_ms = wait_ms
         return got_records
 
 
 def wait_less_when_idle(consumer: aiokafka.AIOKafkaConsumer) -> None:
     """Make a started consumer's fetcher a :class:`TansuFetcher` (its loop reads
-    the method and the wait afresh for every fetch)."""
+    the method and the wait afresh for every fetch); one not yet spaced for a
+    load (:func:`streamapp.kafka.transport.space_fetches`) never is."""
     fetcher = getattr(consumer, "_fetcher", None)
     if isinstance(fetcher, _AIOKafkaFetcher) and not isinstance(fetcher, TansuFetcher):
+        if not isinstance(fetcher, kafka_transport.SpacedFetcher):
+            kafka_transport.space_fetches(consumer, 0.0)
         fetcher.idle_wait = IdleFetchWait(fetcher._fetch_max_wait_ms)
         fetcher.__class__ = TansuFetcher
 

@@ -26,7 +26,8 @@ docs/DESIGN.md ("Faust's delivery faults"):
 
 And one change of cost: under load, the producer's linger spaces its
 requests to a broker rather than delaying each partition's batch
-(:class:`SpacedRequestsAccumulator`).
+(:class:`SpacedRequestsAccumulator`), and the consumer's fetches are spaced
+the same way (:class:`SpacedFetcher`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiokafka
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.producer.message_accumulator import MessageAccumulator
+from aiokafka.structs import TopicPartition
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -77,7 +80,12 @@ class _ActivePartitions:
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread, fetching with a filter that is never empty."""
+    """Faust's aiokafka consumer thread, fetching with a filter that is never
+    empty, its fetches spaced under load (:class:`SpacedFetcher`)."""
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        space_fetches(self._ensure_consumer(), self.app.conf.producer_linger or 0.0)
 
     async def _fetch_records(
         self,
@@ -155,59 +163,92 @@ class Consumer(faust_aiokafka.Consumer):
         return committed
 
 
+class RecentRate:
+    """Records counted over the last ``window`` seconds, as a rate."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self._seen: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, records: int) -> None:
+        self._seen.append((now, records))
+
+    def per_second(self, now: float, shortest: float) -> float:
+        """Records a second since the first count in the window (over at least
+        ``shortest`` seconds). Each count holds the records that came since the
+        one before, so the first count's are not of that span: with them, a
+        light load spaced a long way apart would count itself busy."""
+        seen = self._seen
+        while seen and seen[0][0] < now - self.window:
+            seen.popleft()
+        if len(seen) < 2 or shortest <= 0:
+            return 0.0
+        return (sum(count for _, count in seen) - seen[0][1]) / max(now - seen[0][0], shortest)
+
+
+#: records per linger from which spacing a consumer's or producer's requests
+#: pays (fewer would mostly go one to a request anyway): 100 a second at a
+#: 30 ms linger, well above one worker's 60 at 20 images/s
+WORTH_SPACING = 3
+#: records a spaced request is meant to carry: the spacing grows past the
+#: linger (up to :data:`LONGEST_SPACING` lingers) while fewer records come
+RECORDS_PER_REQUEST = 8
+LONGEST_SPACING = 4
+
+
+def spacing_for(rate: float, linger: float) -> float:
+    """Seconds between requests for records coming at ``rate`` a second: none
+    (0) under :data:`WORTH_SPACING` per linger; else the time
+    :data:`RECORDS_PER_REQUEST` records take, within 1 and
+    :data:`LONGEST_SPACING` lingers."""
+    if linger <= 0 or rate * linger < WORTH_SPACING:
+        return 0.0
+    return min(max(linger, RECORDS_PER_REQUEST / rate), LONGEST_SPACING * linger)
+
+
 class SpacedRequestsAccumulator(MessageAccumulator):
-    """aiokafka's accumulator, spacing a busy broker's produce requests a linger apart.
+    """aiokafka's accumulator, spacing a busy broker's produce requests.
 
     aiokafka lingers per partition: records spread over many partitions go
     out one request each whatever ``linger_ms``, and every request is a
     socket write and a wake-up of the broker. Here the linger spaces a
     broker's requests instead, and only while its records come fast enough
-    to share them (:data:`WORTH_SPACING` or more per linger, over the last
-    second): then a batch goes out at once if the broker's last request was
-    a linger ago, and otherwise with everything else for that broker when
-    that linger is over. A light load waits for nothing.
+    to share them (:func:`spacing_for`, over the last second): then a batch
+    goes out at once if the broker's last request was a spacing ago, and
+    otherwise with everything else for that broker when that spacing is
+    over. A light load waits for nothing.
     """
 
-    #: records per linger (over the last :data:`RATE_WINDOW` seconds) from
-    #: which spacing pays: fewer would mostly go one to a request anyway
-    WORTH_SPACING = 4
     RATE_WINDOW = 1.0
 
     #: broker id -> when its last produce request was sent (time.monotonic())
     _sent_at: dict[int, float]
-    #: broker id -> (when, records) of its requests in the last RATE_WINDOW
-    _drained: dict[int, collections.deque[tuple[float, int]]]
+    #: broker id -> the records of its requests in the last RATE_WINDOW
+    _drained: dict[int, RecentRate]
 
     def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: Any = frozenset()) -> Any:
-        spacing = self._linger_time
         now = time.monotonic()
-        busy = {}
+        spacings: dict[int, float] = {}
         for tp, batches in self._batches.items():
             leader = self._cluster.leader_for_partition(tp)
             if batches and leader is not None and leader != -1:
-                if leader not in busy:
-                    busy[leader] = self._busy(leader, now, spacing)
+                if leader not in spacings:
+                    spacings[leader] = self.spacing(leader, now)
                 # the head batch is due once its broker's spacing is over (at once if not busy)
-                due = self._sent_at.get(leader, -math.inf) + spacing if busy[leader] else -math.inf
+                due = self._sent_at.get(leader, -math.inf) + spacings[leader] if spacings[leader] else -math.inf
                 batches[0]._linger_time = max(0.0, due - batches[0]._ctime)
         nodes, unknown_leaders_exist = super().drain_by_nodes(ignore_nodes, muted_partitions)
         for leader, batches in nodes.items():
             self._sent_at[leader] = now
-            self._drained.setdefault(leader, collections.deque()).append(
-                (now, sum(batch.record_count for batch in batches.values())))
+            self._drained.setdefault(leader, RecentRate(self.RATE_WINDOW)).add(
+                now, sum(batch.record_count for batch in batches.values()))
         return nodes, unknown_leaders_exist
 
-    def _busy(self, leader: int, now: float, spacing: float) -> bool:
-        """Whether ``leader``'s records come at :data:`WORTH_SPACING` or more per ``spacing``."""
+    def spacing(self, leader: int, now: float) -> float:
+        """Seconds between ``leader``'s requests at the rate its records come (0: none)."""
         drained = self._drained.get(leader)
-        if not spacing or not drained:
-            return False
-        while drained and drained[0][0] < now - self.RATE_WINDOW:
-            drained.popleft()
-        if not drained:
-            return False
-        records = sum(count for _, count in drained)
-        return records * spacing >= self.WORTH_SPACING * max(now - drained[0][0], spacing)
+        linger = self._linger_time
+        return spacing_for(drained.per_second(now, linger), linger) if drained is not None else 0.0
 
 
 class SpacedRequestsProducer(aiokafka.AIOKafkaProducer):
@@ -219,6 +260,67 @@ class SpacedRequestsProducer(aiokafka.AIOKafkaProducer):
         accumulator = self._message_accumulator
         accumulator.__class__ = SpacedRequestsAccumulator
         accumulator._sent_at, accumulator._drained = {}, {}
+
+
+def available_records(assignment: Any, request: Any) -> int:
+    """Records the fetch ``request`` could get: each partition's high watermark
+    (as its answer left it) past the offset asked for."""
+    if not assignment.active:
+        return 0
+    total = 0
+    for topic, partitions in request.topics:
+        for partition, offset, _max_bytes in partitions:
+            tp = TopicPartition(topic, partition)
+            if tp in assignment.tps:
+                highwater = assignment.state_value(tp).highwater
+                if highwater is not None and highwater > offset:
+                    total += highwater - offset
+    return total
+
+
+class SpacedFetcher(Fetcher):
+    """aiokafka's fetcher, spacing a busy consumer's fetches.
+
+    aiokafka fetches again as soon as the last fetch's records are taken: a
+    worker sharing the load with another fetched 2-3 records a time, ~55
+    fetches a second each (docs/BENCHMARKS.md). While records come fast
+    enough to share fetches (:func:`spacing_for`, over the last second), each
+    fetch asks the broker to hold it for the spacing (minimum bytes: the
+    response's maximum); a light load fetches as configured.
+    """
+
+    RATE_WINDOW = 1.0
+
+    #: the linger the spacing starts from (seconds)
+    linger: float
+    #: the fetch's (min bytes, max wait ms) when not spaced
+    unspaced: tuple[int, int]
+    spaced: bool
+    recent: RecentRate
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        got_records = await super()._proc_fetch_request(assignment, node_id, request)
+        now = time.monotonic()
+        self.recent.add(now, available_records(assignment, request))
+        spacing = spacing_for(self.recent.per_second(now, self.linger), self.linger)
+        if spacing:
+            self._fetch_min_bytes, self._fetch_max_wait_ms = self._fetch_max_bytes, round(spacing * 1000)
+        elif self.spaced:
+            self._fetch_min_bytes, self._fetch_max_wait_ms = self.unspaced
+        self.spaced = bool(spacing)
+        return got_records
+
+
+def space_fetches(consumer: aiokafka.AIOKafkaConsumer, linger: float) -> None:
+    """Make a started consumer's fetcher a :class:`SpacedFetcher` (aiokafka
+    reads the fetcher's minimum bytes and wait afresh for every fetch)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if isinstance(fetcher, Fetcher) and not isinstance(fetcher, SpacedFetcher):
+        fetcher.__class__ = SpacedFetcher
+        fetcher.linger = linger
+        fetcher.unspaced = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+        fetcher.spaced = False
+        fetcher.recent = RecentRate(SpacedFetcher.RATE_WINDOW)
 
 
 class ProducerFlushTimeout(RuntimeError):

@@ -130,6 +130,19 @@ def test_the_fetcher_still_reads_its_wait_for_every_request_and_says_when_record
     assert issubclass(tansu.TansuFetcher, Fetcher)
 
 
+def test_the_fetcher_still_reads_its_minimum_bytes_per_request_and_keeps_high_watermarks():
+    """transport, spaced fetches: SpacedFetcher sets ``_fetch_min_bytes`` and
+    ``_fetch_max_wait_ms`` for the next request, and counts a fetch's records
+    from the ``highwater`` each answer leaves in the partition's state."""
+    actions = source(Fetcher._get_actions_per_node)
+    assert "self._fetch_max_wait_ms," in actions and "self._fetch_min_bytes," in actions
+    assert "self._fetch_max_bytes," in actions
+    assert "tp_state.highwater = highwater" in source(Fetcher._proc_fetch_request)
+    for call in ("request.topics", "assignment.state_value(tp)", "assignment.active"):
+        assert call in source(Fetcher._proc_fetch_request)
+    assert issubclass(transport.SpacedFetcher, Fetcher) and issubclass(tansu.TansuFetcher, transport.SpacedFetcher)
+
+
 def test_the_producer_still_builds_one_accumulator_that_drains_per_partition_linger():
     """transport, spaced requests: aiokafka's producer keeps its accumulator in
     ``_message_accumulator``; a batch is due when its own ``_linger_time``

@@ -1,4 +1,4 @@
-"""streamapp.kafka.transport.SpacedRequestsProducer on the embedded broker: produce requests counted.
+"""streamapp.kafka.transport's spaced requests on the embedded broker: produce and fetch requests counted.
 
 aiokafka lingers per partition, so records trickling into many partitions go
 out one request each whatever the linger; the spaced producer sends a busy
@@ -14,11 +14,13 @@ import time
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.produce import ProduceRequest
 
 from streamapp.embedded.broker import EmbeddedBroker
-from streamapp.kafka.transport import SpacedRequestsProducer
+from streamapp.kafka import transport
+from streamapp.kafka.transport import SpacedRequestsProducer, space_fetches
 
 pytestmark = pytest.mark.integration
 
@@ -31,17 +33,17 @@ def new_topic(broker: EmbeddedBroker) -> str:
     return topic
 
 
-def counting_requests(producer: AIOKafkaProducer) -> list[float]:
-    """When each produce request left: the producer's client send, watched."""
+def counting_requests(client: object, kind: type = ProduceRequest) -> list[float]:
+    """When each request of ``kind`` left: the client's send, watched."""
     sent: list[float] = []
-    send = producer.client.send
+    send = client.send  # type: ignore[attr-defined]
 
     async def watched(node_id: int, request: object, **kwargs: object) -> object:
-        if isinstance(request, ProduceRequest):
+        if isinstance(request, kind):
             sent.append(time.monotonic())
         return await send(node_id, request, **kwargs)
 
-    producer.client.send = watched  # type: ignore[method-assign]
+    client.send = watched  # type: ignore[attr-defined]
     return sent
 
 
@@ -52,7 +54,7 @@ async def trickle(producer_class: type[AIOKafkaProducer], bootstrap: str, topic:
     await producer.start()
     try:
         await producer.client.force_metadata_update()
-        sent = counting_requests(producer)
+        sent = counting_requests(producer.client)
         acks = []
         for index in range(records):
             acks.append(await producer.send(topic, b"%d" % index, partition=index % PARTITIONS))
@@ -78,7 +80,7 @@ def test_records_trickling_into_many_partitions_share_requests(broker: EmbeddedB
 
 
 def test_a_light_load_is_not_held(broker: EmbeddedBroker) -> None:
-    """Records too sparse to share requests (2 per linger, under WORTH_SPACING) go at once."""
+    """Records too sparse to share requests (4 per 3 lingers, under WORTH_SPACING per linger) go at once."""
     topic = new_topic(broker)
 
     async def run() -> tuple[list[float], int]:
@@ -86,19 +88,93 @@ def test_a_light_load_is_not_held(broker: EmbeddedBroker) -> None:
         await producer.start()
         try:
             await producer.client.force_metadata_update()
-            sent = counting_requests(producer)
+            sent = counting_requests(producer.client)
             waits = []
             for index in range(10):
                 start = time.monotonic()
                 await (await producer.send(topic, b"%d" % index, partition=index % PARTITIONS))
                 waits.append(time.monotonic() - start)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.15)
             return waits, len(sent)
         finally:
             await producer.stop()
 
     waits, requests = asyncio.run(run())
-    print(f"\nlinger 200 ms, a record every 100 ms: acknowledged after {max(waits) * 1000:.0f} ms at most, "
+    print(f"\nlinger 200 ms, a record every 150 ms: acknowledged after {max(waits) * 1000:.0f} ms at most, "
           f"{requests} requests")
+    assert transport.WORTH_SPACING > 0.2 / 0.15
     assert requests == 10
     assert max(waits) < 0.1  # none held for the 200 ms linger
+
+
+# -- fetches ---------------------------------------------------------------------------
+
+
+async def consume_while_produced(bootstrap: str, topic: str, *, spacing: float | None, records: int, gap: float,
+                                 fetch_wait_ms: int = 5) -> tuple[int, float, list[float], bool]:
+    """Fetch requests a consumer sends while ``records`` arrive ``gap`` apart
+    round the partitions, and over how many seconds; each record's delay from
+    its acknowledgement to its fetch; whether the fetcher ever spaced its fetches."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=fetch_wait_ms,
+                                enable_auto_commit=False, auto_offset_reset="latest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        for p in range(PARTITIONS):
+            await consumer.position(TopicPartition(topic, p))
+        if spacing is not None:
+            space_fetches(consumer, spacing)
+        fetcher = consumer._fetcher
+        fetches = counting_requests(consumer._client, FetchRequest)
+        acknowledged: dict[bytes, float] = {}
+        delays: list[float] = []
+        ever_spaced = False
+
+        async def produce() -> None:
+            for index in range(records):
+                await (await producer.send(topic, b"%d" % index, partition=index % PARTITIONS))
+                acknowledged[b"%d" % index] = time.monotonic()
+                await asyncio.sleep(gap)
+
+        started = time.monotonic()
+        sending = asyncio.create_task(produce())
+        deadline = time.monotonic() + records * gap + 30
+        while len(delays) < records:
+            assert time.monotonic() < deadline, f"{len(delays)} of {records} records fetched"
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                now = time.monotonic()
+                delays += [now - acknowledged.get(m.value, now) for m in batch]
+            ever_spaced = ever_spaced or bool(getattr(fetcher, "spaced", False))
+        await sending
+        return len(fetches), time.monotonic() - started, delays, ever_spaced
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def test_a_busy_consumer_fetches_a_spacing_apart(broker: EmbeddedBroker) -> None:
+    topic = new_topic(broker)
+    spaced = asyncio.run(consume_while_produced(broker.bootstrap, topic, spacing=0.05, records=300, gap=0.002))
+    plain = asyncio.run(consume_while_produced(broker.bootstrap, topic, spacing=None, records=300, gap=0.002))
+    (spaced_fetches, seconds, spaced_delays, was_spaced), (plain_fetches, _, _, _) = spaced, plain
+    print(f"\n300 records ~2 ms apart over {PARTITIONS} partitions: fetch requests spaced 50 ms {spaced_fetches} "
+          f"in {seconds:.2f} s, aiokafka's (5 ms wait) {plain_fetches}; "
+          f"spaced delay max {max(spaced_delays) * 1000:.0f} ms")
+    assert was_spaced
+    assert spaced_fetches * 2 <= plain_fetches
+    # a few while the rate is learnt (one second's window), then one per 50 ms at most
+    assert spaced_fetches <= seconds / 0.05 + 15
+
+
+def test_a_light_load_is_fetched_without_spacing(broker: EmbeddedBroker) -> None:
+    """Records too sparse to share fetches (one per 150 ms, under WORTH_SPACING per 200 ms) are not held."""
+    assert transport.WORTH_SPACING > 0.2 / 0.15
+    topic = new_topic(broker)
+    fetches, _, delays, was_spaced = asyncio.run(
+        consume_while_produced(broker.bootstrap, topic, spacing=0.2, records=10, gap=0.15))
+    print(f"\nspacing 200 ms, a record every 150 ms: fetched after {max(delays) * 1000:.0f} ms at most, "
+          f"{fetches} fetch requests")
+    assert not was_spaced
+    assert max(delays) < 0.2  # none held for the 200 ms spacing
