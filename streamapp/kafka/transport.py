@@ -186,10 +186,10 @@ class RecentRate:
         return (sum(count for _, count in seen) - seen[0][1]) / max(now - seen[0][0], shortest)
 
 
-#: records per linger from which spacing a consumer's or producer's requests
-#: pays (fewer would mostly go one to a request anyway): 100 a second at a
-#: 30 ms linger, well above one worker's 60 at 20 images/s
-WORTH_SPACING = 3
+#: records a second from which spacing a consumer's or producer's requests
+#: pays (fewer would mostly go one to a request anyway): well above one
+#: worker's 60 at 20 images/s, whatever the linger
+SPACED_FROM = 100.0
 #: records a spaced request is meant to carry: the spacing grows past the
 #: linger (up to :data:`LONGEST_SPACING` lingers) while fewer records come
 RECORDS_PER_REQUEST = 8
@@ -198,10 +198,9 @@ LONGEST_SPACING = 4
 
 def spacing_for(rate: float, linger: float) -> float:
     """Seconds between requests for records coming at ``rate`` a second: none
-    (0) under :data:`WORTH_SPACING` per linger; else the time
-    :data:`RECORDS_PER_REQUEST` records take, within 1 and
-    :data:`LONGEST_SPACING` lingers."""
-    if linger <= 0 or rate * linger < WORTH_SPACING:
+    (0) under :data:`SPACED_FROM`; else the time :data:`RECORDS_PER_REQUEST`
+    records take, within 1 and :data:`LONGEST_SPACING` lingers."""
+    if linger <= 0 or rate < SPACED_FROM:
         return 0.0
     return min(max(linger, RECORDS_PER_REQUEST / rate), LONGEST_SPACING * linger)
 

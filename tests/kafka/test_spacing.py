@@ -80,7 +80,7 @@ def test_records_trickling_into_many_partitions_share_requests(broker: EmbeddedB
 
 
 def test_a_light_load_is_not_held(broker: EmbeddedBroker) -> None:
-    """Records too sparse to share requests (4 per 3 lingers, under WORTH_SPACING per linger) go at once."""
+    """Records too sparse to share requests (under SPACED_FROM a second) go at once."""
     topic = new_topic(broker)
 
     async def run() -> tuple[list[float], int]:
@@ -102,7 +102,7 @@ def test_a_light_load_is_not_held(broker: EmbeddedBroker) -> None:
     waits, requests = asyncio.run(run())
     print(f"\nlinger 200 ms, a record every 150 ms: acknowledged after {max(waits) * 1000:.0f} ms at most, "
           f"{requests} requests")
-    assert transport.WORTH_SPACING > 0.2 / 0.15
+    assert transport.SPACED_FROM > 1 / 0.15
     assert requests == 10
     assert max(waits) < 0.1  # none held for the 200 ms linger
 
@@ -169,8 +169,8 @@ def test_a_busy_consumer_fetches_a_spacing_apart(broker: EmbeddedBroker) -> None
 
 
 def test_a_light_load_is_fetched_without_spacing(broker: EmbeddedBroker) -> None:
-    """Records too sparse to share fetches (one per 150 ms, under WORTH_SPACING per 200 ms) are not held."""
-    assert transport.WORTH_SPACING > 0.2 / 0.15
+    """Records too sparse to share fetches (one per 150 ms, under SPACED_FROM a second) are not held."""
+    assert transport.SPACED_FROM > 1 / 0.15
     topic = new_topic(broker)
     fetches, _, delays, was_spaced = asyncio.run(
         consume_while_produced(broker.bootstrap, topic, spacing=0.2, records=10, gap=0.15))

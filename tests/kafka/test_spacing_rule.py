@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from streamapp.kafka.transport import LONGEST_SPACING, RECORDS_PER_REQUEST, WORTH_SPACING, RecentRate, spacing_for
+from streamapp.kafka.transport import LONGEST_SPACING, RECORDS_PER_REQUEST, SPACED_FROM, RecentRate, spacing_for
 
 LINGER = 0.03
 
 
 def test_a_light_load_is_not_spaced() -> None:
-    # 20 images/s through three topics on one worker: 60 records/s, under 3 per 30 ms
+    # 20 images/s through three topics on one worker: 60 records/s
     assert spacing_for(60.0, LINGER) == 0.0
-    assert spacing_for(WORTH_SPACING / LINGER - 1, LINGER) == 0.0
+    assert spacing_for(SPACED_FROM - 1, LINGER) == 0.0
+    assert spacing_for(60.0, 2 * LINGER) == 0.0  # a longer linger holds a light load no more
     assert spacing_for(1000.0, 0.0) == 0.0  # no linger configured: never held
 
 
@@ -26,7 +27,7 @@ def test_a_heavy_load_is_spaced_a_linger_apart() -> None:
 def test_between_the_spacing_grows_to_fill_a_request_within_its_cap() -> None:
     # two workers sharing ~80 images/s: 120 records/s each
     assert spacing_for(120.0, LINGER) == pytest.approx(RECORDS_PER_REQUEST / 120.0)
-    at_threshold = WORTH_SPACING / LINGER
+    at_threshold = SPACED_FROM
     assert spacing_for(at_threshold, LINGER) == pytest.approx(min(RECORDS_PER_REQUEST / at_threshold,
                                                                   LONGEST_SPACING * LINGER))
     assert LINGER <= spacing_for(at_threshold, LINGER) <= LONGEST_SPACING * LINGER
