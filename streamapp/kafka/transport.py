@@ -164,7 +164,8 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class RecentRate:
-    """Records counted over the last ``window`` seconds, as a rate."""
+    """Records counted over the last ``window`` seconds, as a rate; the
+    spacing rule (:func:`spacing_for`) reads the last second."""
 
     def __init__(self, window: float = 1.0) -> None:
         self.window = window
@@ -218,11 +219,9 @@ class SpacedRequestsAccumulator(MessageAccumulator):
     over. A light load waits for nothing.
     """
 
-    RATE_WINDOW = 1.0
-
     #: broker id -> when its last produce request was sent (time.monotonic())
     _sent_at: dict[int, float]
-    #: broker id -> the records of its requests in the last RATE_WINDOW
+    #: broker id -> the records of its recent requests
     _drained: dict[int, RecentRate]
 
     def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: Any = frozenset()) -> Any:
@@ -239,7 +238,7 @@ class SpacedRequestsAccumulator(MessageAccumulator):
         nodes, unknown_leaders_exist = super().drain_by_nodes(ignore_nodes, muted_partitions)
         for leader, batches in nodes.items():
             self._sent_at[leader] = now
-            self._drained.setdefault(leader, RecentRate(self.RATE_WINDOW)).add(
+            self._drained.setdefault(leader, RecentRate()).add(
                 now, sum(batch.record_count for batch in batches.values()))
         return nodes, unknown_leaders_exist
 
@@ -288,8 +287,6 @@ class SpacedFetcher(Fetcher):
     response's maximum); a light load fetches as configured.
     """
 
-    RATE_WINDOW = 1.0
-
     #: the linger the spacing starts from (seconds)
     linger: float
     #: the fetch's (min bytes, max wait ms) when not spaced
@@ -319,7 +316,7 @@ def space_fetches(consumer: aiokafka.AIOKafkaConsumer, linger: float) -> None:
         fetcher.linger = linger
         fetcher.unspaced = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
         fetcher.spaced = False
-        fetcher.recent = RecentRate(SpacedFetcher.RATE_WINDOW)
+        fetcher.recent = RecentRate()
 
 
 class ProducerFlushTimeout(RuntimeError):
