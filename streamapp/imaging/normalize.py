@@ -195,13 +195,57 @@ def _paper_copy(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     return cv2.GaussianBlur(small, (0, 0), 1.0), small is not gray
 
 
+#: in a scene the polarity is read on a copy this size (longest side, px), ...
+_POLARITY_SIDE = 256
+#: ... against a median this wide there (a third of the frame: wider than a
+#: marker's stroke, so the median is paper, lit or shaded) ...
+_POLARITY_WINDOW = 81
+#: ... near sharp edges only: the log of the brightness changes by this much
+#: a pixel of that copy at an ink stroke's edge; a shadow's soft border (and
+#: the lit gap between a hand's fingers) changes it by far less
+_POLARITY_EDGE = 0.15
+#: one side's strongest departure must exceed the other's by this share
+_POLARITY_MARGIN = 0.1
+
+
+def _sharp_departures(gray: np.ndarray) -> tuple[float, float] | None:
+    """A scene's strongest brighter and darker departures (log) from the
+    paper's median, taken where the edges are sharp: ink has sharp edges,
+    light and shadow do not. None when there are too few sharp edges."""
+    small = _shrunk(gray, _POLARITY_SIDE)
+    log = np.log(np.clip(small, 1.0 / 255, 1.0))
+    median = cv2.medianBlur((np.clip(small, 0, 1) * 255).round().astype(np.uint8), _POLARITY_WINDOW)
+    residual = log - np.log(np.maximum(median, 1).astype(np.float32) / 255)
+    sharp = cv2.dilate((_log_gradient(small) > _POLARITY_EDGE).astype(np.uint8), _SQUARE5).astype(bool)
+    if np.count_nonzero(sharp) < 20:
+        return None
+    near = residual[sharp]
+    return _kth_largest(near), _kth_largest(-near)
+
+
 def light_ink(gray: np.ndarray, small: np.ndarray | None = None) -> bool:
     """Whether the ink is lighter than the paper (chalk on a board, a negative).
 
     A median filter (on the 64 px copy) gives a background that favours
     neither dark nor light; the ink is the side whose strongest departures
     from it are clearly larger (global percentiles are fooled by uneven light).
+    Light ink is the rarer case, and a lamp's lit corner or the lit side of a
+    hand's shadow departs as far as chalk does, but softly: in a scene (a photo
+    of :data:`_SCENE_SIDE` or more) a light verdict must hold near sharp
+    edges too (:func:`_sharp_departures`).
     """
+    light = _lighter_departures(gray, small)
+    if light and max(gray.shape) >= _SCENE_SIDE:
+        departures = _sharp_departures(gray)
+        if departures is not None:
+            brighter, darker = departures
+            if darker - brighter > _POLARITY_MARGIN * darker:
+                return False
+    return light
+
+
+def _lighter_departures(gray: np.ndarray, small: np.ndarray | None) -> bool:
+    """:func:`light_ink`'s verdict on the 64 px copy alone."""
     height, width = gray.shape
     if small is None:
         small, _ = _paper_copy(gray)
@@ -249,6 +293,10 @@ _SHADE_DARKER = 0.1
 #: the strokes are all inside a closing when doubling its size adds at most
 #: this share of ink more (what a larger one adds is shadow)
 _SHADE_PLATEAU = 1.15
+#: failing that, when the next size adds at most this share more
+_SHADE_NEXT = 1.1
+#: ... and the strokes hold at most this share of what the widest closing lifts
+_SHADE_SHADOWED = 0.6
 #: the light is uneven enough to divide out when it spans this much (log,
 #: 1st to 99th percentile: 0.25 is a third darker); evener light is left to
 #: :func:`ink_image`'s own background, which keeps the strokes' profile
@@ -278,9 +326,18 @@ def _stroke_closing(energies: list[float]) -> int | None:
     for index, size in enumerate(_SHADE_SIZES):
         double = next((other for other, wider in enumerate(_SHADE_SIZES) if wider >= 2 * size), None)
         if double is None:
-            return None
+            break
         if energies[index] > 0 and energies[double] <= _SHADE_PLATEAU * energies[index]:
             return min(index + 1, len(_SHADE_SIZES) - 1)
+    # a hand's shadow (its fingers, its soft border) adds ink at every
+    # doubling; the strokes' plateau then shows between neighbouring sizes,
+    # well below what the widest closing lifts with the shadow (without one,
+    # a wide digit's crossing would be hollowed by the narrower closing)
+    for index in range(len(_SHADE_SIZES) - 2):
+        if 0 < energies[index] and energies[index + 1] <= min(
+            _SHADE_NEXT * energies[index], _SHADE_SHADOWED * energies[-1]
+        ):
+            return index + 1
     return None
 
 
@@ -590,6 +647,9 @@ _BAR_ASPECT = 6.0
 #: at least this share of the bar's ink (a digit, not a speck beside it)
 _BAR_LONGER = 2.0
 _BAR_REST = 0.1
+#: the span of the rest is that of its pieces holding at least this share of
+#: the largest one's ink
+_BAR_PIECE = 0.25
 
 
 def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
@@ -623,13 +683,22 @@ def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
     rest &= areas >= max(8, 0.08 * areas[rest].max(initial=0))
     if not rest.any():
         return ink
-    left, top = stats[1:, cv2.CC_STAT_LEFT][rest], stats[1:, cv2.CC_STAT_TOP][rest]
-    right = left + stats[1:, cv2.CC_STAT_WIDTH][rest]
-    bottom = top + stats[1:, cv2.CC_STAT_HEIGHT][rest]
+    # the digit's span from its pieces, not from specks of grain nor from
+    # what enters at the frame's edge (the pen's end past a sheet's edge)
+    pieces = rest & (areas >= _BAR_PIECE * areas[rest].max())
+    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    inside = (left > 0) & (top > 0) & (left + stats[1:, cv2.CC_STAT_WIDTH] < width) & (
+        top + stats[1:, cv2.CC_STAT_HEIGHT] < height
+    )
+    if (pieces & inside).any():
+        pieces &= inside
+    left, top = stats[1:, cv2.CC_STAT_LEFT][pieces], stats[1:, cv2.CC_STAT_TOP][pieces]
+    right = left + stats[1:, cv2.CC_STAT_WIDTH][pieces]
+    bottom = top + stats[1:, cv2.CC_STAT_HEIGHT][pieces]
     span = max(right.max() - left.min(), bottom.max() - top.min())
     out = np.zeros(above.shape, bool)
     for index, long in bars:
-        if areas[rest].sum() >= _BAR_REST * areas[index] and long >= _BAR_LONGER * span:
+        if areas[pieces].sum() >= _BAR_REST * areas[index] and long >= _BAR_LONGER * span:
             out |= labels == index + 1
     if not out.any():
         return ink

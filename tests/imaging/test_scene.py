@@ -172,6 +172,58 @@ def test_the_closing_that_lifts_the_strokes_is_past_where_ink_stops_growing():
     assert normalize._stroke_closing([0.0] * len(sizes)) is None
 
 
+def test_a_plateau_between_neighbouring_sizes_when_a_shadow_adds_at_every_doubling():
+    # a hand's shadow photographed (its energies): the strokes are inside from
+    # the 2nd size on (+6% to the 3rd), the fingers keep adding after: no
+    # doubling stays under _SHADE_PLATEAU, the neighbouring sizes do
+    hand = [56.0, 208.0, 220.0, 238.0, 314.0, 393.0, 515.0, 639.0]
+    assert normalize._stroke_closing(hand) == 2
+    # a plateau just over _SHADE_NEXT is none
+    assert normalize._stroke_closing([56.0, 208.0, 231.0, 260.0, 314.0, 393.0, 515.0, 639.0]) is None
+    # a wide marker's digit with no shadow (its energies): the plateau holds
+    # 81% of what the widest closing lifts, over _SHADE_SHADOWED; a closing
+    # that narrow would hollow the digit's broad crossing
+    marker = [21.0, 70.0, 570.0, 2235.0, 3610.0, 3739.0, 4588.0, 4592.0]
+    assert normalize._stroke_closing(marker) is None
+    assert normalize._stroke_closing([*marker[:-1], 3739.0 / normalize._SHADE_SHADOWED + 1.0]) == 5
+
+
+def _lit_strip(pen: float, depth: float = 0.6) -> np.ndarray:
+    """Gray: a phone's shadow over all but a lit strip at the frame's right
+    (12%), its border soft (10 px), and a pencil digit in the shadow."""
+    shadow = np.zeros((768, 1024), np.float32)
+    shadow[:, :901] = 1.0
+    light = 1.0 - depth * cv2.GaussianBlur(shadow, (0, 0), 10)
+    ink = np.zeros(shadow.shape, np.float32)
+    ink[300:420, 300:420] = glyph(size=120)
+    return (0.88 * (1 - ink * (1 - pen)) * light).astype(np.float32)
+
+
+def test_a_lit_strip_beside_a_shadow_is_light_not_ink():
+    gray = _lit_strip(pen=0.7)
+    # the 64 px copy alone takes the lit strip for light ink ...
+    assert normalize._lighter_departures(gray, None)
+    # ... near sharp edges the pencil's dark departures are the larger
+    brighter, darker = normalize._sharp_departures(gray)
+    assert darker - brighter > normalize._POLARITY_MARGIN * darker
+    assert not normalize.light_ink(gray)
+    tensor = to_tensor(encode(gray, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90)))
+    assert similar(tensor, to_tensor(encode(_lit_strip(pen=0.7, depth=0.0))), 0.9)
+    # under _SCENE_SIDE the sharp edges are not asked
+    small = cv2.resize(gray, (399, 299), interpolation=cv2.INTER_AREA)
+    assert normalize._lighter_departures(small, None) == normalize.light_ink(small)
+
+
+def test_chalk_under_a_lamps_glare_stays_light_ink():
+    ys, xs = np.mgrid[0:768, 0:1024].astype(np.float32)
+    ink = np.zeros((768, 1024), np.float32)
+    ink[300:420, 300:420] = glyph(size=120)
+    for glare in (0.0, 0.6):
+        light = 1 + glare * np.exp(-((xs - 800) ** 2 + (ys - 200) ** 2) / (2 * 120**2))
+        board = np.clip((0.18 + 0.55 * ink) * light, 0, 1).astype(np.float32)
+        assert normalize.light_ink(board)
+
+
 def test_a_pencil_digit_half_in_a_deep_shadow_is_read_not_refused(reference):
     gray, _ = _shadowed(0.6, soft=30.0)
     digit = _digit_on(np.full((600, 800), 0.9, np.float32), size=160, at=(220, 300), pen=0.45)
@@ -201,6 +253,20 @@ def test_a_pen_far_longer_than_the_digit_goes_and_the_digit_stays():
     ink = _pen_and_digit(330)  # ~350 px long: over 4 times the digit's ~80 px span
     cleaned = normalize.without_bars(ink, 0.2)
     pen = (ink > 0.5) & (np.arange(800) >= 390)
+    assert cleaned[pen].max() < 0.05
+    assert np.array_equal(cleaned[150:250, 150:250], ink[150:250, 150:250])
+
+
+def test_specks_far_from_the_digit_and_ink_entering_at_the_edge_do_not_widen_its_span():
+    ink = _pen_and_digit(330)
+    pen = (ink > 0.5) & (np.arange(800) >= 390)
+    # grain: specks 6 px wide (9 px of the half-size labelling, over the 8 a speck may have)
+    # across the page, and the pen's end entering at the frame's right edge
+    spread = ink.copy()
+    for y, x in ((40, 40), (560, 60), (40, 700), (300, 560), (560, 560)):
+        spread[y : y + 6, x : x + 6] = 0.9
+    spread[100:120, 780:800] = 0.9
+    cleaned = normalize.without_bars(spread, 0.2)
     assert cleaned[pen].max() < 0.05
     assert np.array_equal(cleaned[150:250, 150:250], ink[150:250, 150:250])
 
