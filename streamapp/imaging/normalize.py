@@ -418,6 +418,9 @@ _LINE_SPAN = 0.85
 #: how far from horizontal or vertical a page's lines may lie (a tilted photo)
 _LINE_TILT = np.deg2rad(15.0)
 _LINE_THETA = np.deg2rad(0.5)  # Hough's step; the angle is then refined to 0.1 degree
+#: converging lines are looked for this far past the angles Hough found, in these steps
+_LINE_SPREAD = np.deg2rad(0.5)
+_LINE_STEP = np.deg2rad(0.25)
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _SQUARE5 = np.ones((5, 5), np.uint8)
 #: the shortest line considered (px): a corner of a tilted photo cuts lines
@@ -433,9 +436,10 @@ def _robust_level(ink: np.ndarray) -> tuple[float, float]:
     return median, 1.4826 * quantiles.median(np.abs(flat - median))
 
 
-def _line_candidates(marked: np.ndarray) -> list[tuple[float, float]]:
+def _line_candidates(marked: np.ndarray, page: np.ndarray | None = None) -> list[tuple[float, float]]:
     """(rho, theta) of straight runs of ink within ``_LINE_TILT`` of horizontal or
-    vertical that may run edge to edge: candidates, checked by :func:`_line_run`.
+    vertical that may run edge to edge (of the ``page``, when given): candidates,
+    checked by :func:`_line_run`.
 
     A page's lines are parallel. Hough finds their angle from the longest ones;
     a projection of the ink across that angle then finds every line, those a
@@ -453,19 +457,32 @@ def _line_candidates(marked: np.ndarray) -> list[tuple[float, float]]:
         lines = cv2.HoughLines(marked, 1, _LINE_THETA, max(20, int(0.5 * extent)), min_theta=low, max_theta=high)
         if lines is None:
             continue
-        theta = _sharpest_angle(xs, ys, float(lines[0, 0, 1]))
-        sin, cos = np.sin(theta), np.cos(theta)
-        offset = width + height  # rho may be negative
-        votes = np.bincount(np.rint(xs * cos + ys * sin).astype(np.intp) + offset, minlength=2 * offset + 1)
-        rhos = np.flatnonzero(votes >= _LINE_SHORTEST // 2)
-        chords = _chords(rhos - offset, theta, height, width)
-        # a line a pixel or two wide may share its votes between two bins
-        pair = votes[rhos] + np.maximum(votes[np.maximum(rhos - 1, 0)], votes[np.minimum(rhos + 1, len(votes) - 1)])
-        rhos = rhos[(chords >= _LINE_SHORTEST) & (pair >= 0.6 * chords)]
-        # one candidate per run of neighbouring bins (one line's width): its strongest bin
-        for run in np.split(rhos, np.flatnonzero(np.diff(rhos) > 1) + 1) if len(rhos) else []:
-            found.append((float(run[np.argmax(votes[run])] - offset), theta))
-    return found
+        sharpest = _sharpest_angle(xs, ys, float(lines[0, 0, 1]))
+        # seen at a slant the page's lines converge (keystone): each is
+        # looked for at every angle Hough found lines at, and a little past
+        found_at = lines[:, 0, 1]
+        low_angle = min(float(found_at.min()), sharpest) - _LINE_SPREAD
+        high_angle = max(float(found_at.max()), sharpest) + _LINE_SPREAD
+        angles = np.arange(low_angle, high_angle + 1e-9, _LINE_STEP)
+        for theta in [sharpest, *angles[np.abs(angles - sharpest) > _LINE_STEP / 2]]:
+            sin, cos = np.sin(theta), np.cos(theta)
+            offset = width + height  # rho may be negative
+            votes = np.bincount(np.rint(xs * cos + ys * sin).astype(np.intp) + offset, minlength=2 * offset + 1)
+            rhos = np.flatnonzero(votes >= _LINE_SHORTEST // 2)
+            # a line a pixel or two wide may share its votes between two bins
+            pair = votes[rhos] + np.maximum(votes[np.maximum(rhos - 1, 0)], votes[np.minimum(rhos + 1, len(votes) - 1)])
+            if page is not None:  # what is on the page is counted for the few with votes enough
+                rhos, pair = rhos[pair >= _LINE_SHORTEST], pair[pair >= _LINE_SHORTEST]
+            chords = _chords(rhos - offset, theta, height, width) if page is None else _page_chords(rhos - offset, theta, page)
+            share = pair / np.maximum(chords, 1)
+            keep = (chords >= _LINE_SHORTEST) & (share >= 0.6)
+            rhos, share = rhos[keep], share[keep]
+            # one candidate per run of neighbouring bins (one line's width): its strongest bin
+            for run in np.split(np.arange(len(rhos)), np.flatnonzero(np.diff(rhos) > 1) + 1) if len(rhos) else []:
+                best = run[np.argmax(votes[rhos[run]])]
+                found.append((float(share[best]), float(rhos[best] - offset), float(theta)))
+    # the best-covered first: a line found at a slightly wrong angle too is then the same line again
+    return [(rho, theta) for _, rho, theta in sorted(found, key=lambda candidate: -candidate[0])]
 
 
 def _sharpest_angle(xs: np.ndarray, ys: np.ndarray, theta: float) -> float:
@@ -500,9 +517,31 @@ def _chords(rhos: np.ndarray, theta: float, height: int, width: int) -> np.ndarr
     return share * along
 
 
-def _line_run(marked: np.ndarray, rho: float, theta: float) -> tuple[float, float, np.ndarray, np.ndarray] | None:
-    """How much of the line (rho, theta) inside the image is ink, how thick that
-    ink is (median over its length) and the line's pixel positions."""
+def _line_points(rhos: np.ndarray, theta: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lines (rho, theta) sampled once per column (mostly horizontal) or
+    per row: x and y, one row per rho."""
+    sin, cos = np.sin(theta), np.cos(theta)
+    if abs(sin) >= abs(cos):
+        xs = np.broadcast_to(np.arange(width, dtype=np.float32), (len(rhos), width))
+        return xs, (rhos[:, None] - xs * cos) / sin
+    ys = np.broadcast_to(np.arange(height, dtype=np.float32), (len(rhos), height))
+    return (rhos[:, None] - ys * sin) / cos, ys
+
+
+def _page_chords(rhos: np.ndarray, theta: float, page: np.ndarray) -> np.ndarray:
+    """Like :func:`_chords`, but counting only the line's pixels on the page."""
+    height, width = page.shape
+    xs, ys = (np.rint(values).astype(np.intp) for values in _line_points(rhos.astype(np.float32), theta, height, width))
+    inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+    return (page[np.clip(ys, 0, height - 1), np.clip(xs, 0, width - 1)] & inside).sum(axis=1)
+
+
+def _line_run(
+    marked: np.ndarray, rho: float, theta: float, page: np.ndarray | None = None
+) -> tuple[float, float, np.ndarray, np.ndarray] | None:
+    """How much of the line (rho, theta) inside the image (and on the ``page``,
+    when given) is ink, how thick that ink is (median over its length) and the
+    line's pixel positions."""
     height, width = marked.shape
     sin, cos = np.sin(theta), np.cos(theta)
     if abs(sin) >= abs(cos):  # mostly horizontal: one point per column
@@ -512,6 +551,8 @@ def _line_run(marked: np.ndarray, rho: float, theta: float) -> tuple[float, floa
         ys = np.arange(height, dtype=np.float32)
         xs = (rho - ys * sin) / cos
     inside = (ys > -0.5) & (ys < height - 0.5) & (xs > -0.5) & (xs < width - 0.5)  # on a pixel once rounded
+    if page is not None:  # a sheet's lines stop at its edge, inside the frame
+        inside &= page[np.clip(np.rint(ys).astype(np.intp), 0, height - 1), np.clip(np.rint(xs).astype(np.intp), 0, width - 1)]
     # a tilted page's line may leave by the top or bottom: a corner of the
     # image cuts it short, yet it still runs edge to edge
     if inside.sum() < _LINE_SHORTEST:
@@ -528,11 +569,13 @@ def _line_run(marked: np.ndarray, rho: float, theta: float) -> tuple[float, floa
     return float(centre.mean()), quantiles.median(across.sum(axis=1)[centre].astype(np.float64)) if centre.any() else 0.0, xs, ys
 
 
-def without_lines(ink: np.ndarray) -> np.ndarray:
+def without_lines(ink: np.ndarray, page: np.ndarray | None = None) -> np.ndarray:
     """``ink`` with ruled and grid lines taken out: thin, straight runs of ink
     from edge to edge (85% of the way at least), within 15 degrees of
     horizontal or vertical, which no digit has. Where a stroke crosses or
-    runs along a line, the line's pixels beside the stroke's ink stay.
+    runs along a line, the line's pixels beside the stroke's ink stay. On a
+    sheet lying on a table (``page``: where the sheet is), its edges are the
+    edges: a tilted sheet's lines stop there, inside the frame.
 
     A lone long stroke of a tightly cropped digit (a 1) is thick or short of
     the image's extent; when it is neither, the caller keeps the lines
@@ -548,16 +591,20 @@ def without_lines(ink: np.ndarray) -> np.ndarray:
     # one mask per direction: where a line crosses a stroke, what decides is the ink beside the line
     bands = {True: np.zeros_like(marked), False: np.zeros_like(marked)}
     reach = {True: 0, False: 0}
-    for rho, theta in _line_candidates(marked):
-        run = _line_run(marked, rho, theta)
+    if page is not None:  # its outline is found on a 256 px copy: what lies near it is not asked
+        page = cv2.erode(page.astype(np.uint8), _SQUARE5).astype(bool)
+    for rho, theta in _line_candidates(marked, page):
+        horizontal = abs(np.sin(theta)) >= abs(np.cos(theta))
+        if reach[horizontal]:
+            xs, ys = (values[0] for values in _line_points(np.array([rho], np.float32), theta, height, width))
+            on = (xs > -0.5) & (xs < width - 0.5) & (ys > -0.5) & (ys < height - 0.5)
+            if on.any() and bands[horizontal][np.rint(ys[on]).astype(np.intp), np.rint(xs[on]).astype(np.intp)].mean() > 0.5:
+                continue  # the same line again (at another angle; the vertical ranges meet at 0 and 180 degrees)
+        run = _line_run(marked, rho, theta, page)
         if run is None:
             continue
         covered, thickness, xs, ys = run
-        horizontal = abs(np.sin(theta)) >= abs(np.cos(theta))
         points = np.rint(np.stack([xs, ys], axis=1)).astype(np.int32)
-        inside = np.clip(points[:, 1], 0, height - 1), np.clip(points[:, 0], 0, width - 1)
-        if bands[horizontal][inside].mean() > 0.5:
-            continue  # the same line again (the vertical ranges meet at 0 and 180 degrees)
         # ink along 85% of it, and thin: a band of shade or a thick stroke is not a line
         if covered >= _LINE_SPAN and 0 < thickness <= thin:
             width_px = round(thickness) + 2
@@ -627,16 +674,62 @@ def without_clutter(ink: np.ndarray, level: float) -> np.ndarray:
     right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
     areas = stats[1:, cv2.CC_STAT_AREA]
     edge = (left == 0) | (top == 0) | (right == width) | (bottom == height)
-    # clear of the edges, and more than a speck of noise
-    inner = ~edge & (areas >= max(8, 0.08 * areas[~edge].max(initial=0)))
-    if not edge.any() or areas[inner].sum() < 30:
+    if not edge.any():
         return ink
-    span = max(right[inner].max() - left[inner].min(), bottom[inner].max() - top[inner].min())
+    # strong ink that reaches the edge only through faint ink (a digit
+    # across a faint grid line that runs on to the edge) has not entered
+    # the frame: it stays, and counts as clear of the edges
+    protected = _held_inside(ink, _labelled(labels, np.flatnonzero(edge) + 1), level)
+    inner = ~edge & (areas >= max(8, 0.08 * areas[~edge].max(initial=0)))
+    boxes = [(left[inner], top[inner], right[inner], bottom[inner])]
+    if protected is not None:
+        boxes.append(protected[1])
+    lows, tops, rights, bottoms = (np.concatenate(parts) for parts in zip(*boxes, strict=True))
+    if areas[inner].sum() + (protected[0].sum() if protected is not None else 0) < 30:
+        return ink
+    span = max(rights.max() - lows.min(), bottoms.max() - tops.min())
     if span >= _ROOM * min(height, width):
         return ink
     # the edge's ink with its soft border
-    out = cv2.dilate(_labelled(labels, np.flatnonzero(edge) + 1).astype(np.uint8), _SQUARE5).astype(bool)
+    out = _labelled(labels, np.flatnonzero(edge) + 1)
+    if protected is not None:
+        out &= ~cv2.dilate(protected[0].view(np.uint8), _SQUARE5).astype(bool)
+    out = cv2.dilate(out.view(np.uint8), _SQUARE5).astype(bool)
+    if protected is not None:
+        out &= ~protected[0]
     return np.where(out, np.minimum(ink, 0.0), ink).astype(np.float32)
+
+
+#: strong ink, for :func:`_held_inside`: at least this share of the strongest;
+#: what joins it to the frame's edge is a line when no wider than this (px)
+_STRONG = 0.4
+_THIN_JOINT = 4.0
+
+
+def _held_inside(ink: np.ndarray, reaching: np.ndarray, level: float) -> tuple[np.ndarray, tuple] | None:
+    """Within ``reaching`` (ink above ``level`` connected to the frame's edge):
+    the strong ink (:data:`_STRONG`) that does not itself touch the edge, as a
+    mask and its components' boxes (left, top, right, bottom arrays); None if
+    there is none."""
+    height, width = ink.shape
+    strong = (reaching & (ink > max(level, _STRONG * _kth_largest(ink)))).view(np.uint8)
+    count, labels, stats, _ = _components(strong)
+    if count <= 1:
+        return None
+    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
+    # clear of the edge by more than a soft rim (a tight crop's digit is not)
+    margin = max(3, round(0.02 * min(height, width)))
+    clear = (left > margin) & (top > margin) & (right < width - margin) & (bottom < height - margin)
+    clear &= stats[1:, cv2.CC_STAT_AREA] >= 30
+    if not clear.any():
+        return None
+    # and what joins it to the edge is thin, as a ruled line is: a pen's
+    # end or a shadow fading into the light is as wide as the rest of it
+    joint = reaching & ~cv2.dilate(strong, _SQUARE5).astype(bool)
+    if stroke_width(joint) > _THIN_JOINT:
+        return None
+    return _labelled(labels, np.flatnonzero(clear) + 1), (left[clear], top[clear], right[clear], bottom[clear])
 
 
 #: a pen lying in view: a straight bar (its pixels fill this share of their
@@ -883,20 +976,24 @@ def normalize_photo(image: np.ndarray) -> np.ndarray:
     sheet = find_sheet(image) if image.ndim == 2 or image.shape[2] == 3 else None
     if sheet is not None:
         try:
-            gray, light = ink_gray(_on_sheet(image, sheet))
-            return normalize_mnist(gray, light=light)
+            on_sheet = _on_sheet(image, sheet)
+            gray, light = ink_gray(on_sheet)
+            return normalize_mnist(gray, light=light, page=on_sheet[:, :, 3] > 0)
         except EmptyImage:
             pass
     gray, light = ink_gray(image)
     return normalize_mnist(gray, light=light)
 
 
-def normalize_mnist(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
+def normalize_mnist(gray: np.ndarray, light: bool | None = None, page: np.ndarray | None = None) -> np.ndarray:
     """Gray image in [0, 1] (any size, any polarity; ``light``: the ink is
-    lighter than the paper, None: find out) -> MNIST-style 28x28."""
+    lighter than the paper, None: find out; ``page``: where a sheet lying on
+    a table is, if it is) -> MNIST-style 28x28."""
     gray = _shrunk(gray, WORK_SIDE)
+    if page is not None and page.shape != gray.shape:
+        page = cv2.resize(page.view(np.uint8), (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     ink = ink_image(gray, light)
-    cleaned = without_lines(ink)
+    cleaned = without_lines(ink, page)
     try:
         mask, floor, level = digit_mask(cleaned)
         ink = cleaned

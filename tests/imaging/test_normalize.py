@@ -196,6 +196,38 @@ def test_lines_of_a_tilted_page_are_taken_out_to_the_corners():
     assert cleaned[100:200, 200:214].min() > 0.8  # the stroke whole, where lines crossed it as well
 
 
+def test_converging_lines_of_a_page_seen_at_a_slant_are_all_taken_out():
+    """Keystone: the page's lines are not parallel in the photo (here 0 to 5
+    degrees from the top one to the bottom one), so no one angle finds them all."""
+    ink = np.zeros((300, 400), np.float32)
+    for index, start in enumerate(range(20, 300, 40)):
+        slope = np.tan(np.deg2rad(index * 5 / 6))
+        cv2.line(ink, (0, start), (399, round(start - 399 * slope)), 0.3, 2)
+    ink[100:200, 200:214] = 0.9
+    cleaned = without_lines(ink)
+    # where a line passes by the stroke's end, the line's width over it stays: the stroke's own
+    near_stroke = np.zeros_like(ink, bool)
+    near_stroke[88:212, 198:216] = True
+    _, _, stats, _ = cv2.connectedComponentsWithStats(((cleaned > 0.05) & ~near_stroke).astype(np.uint8))
+    assert stats[1:, cv2.CC_STAT_AREA].max(initial=0) < 20
+    assert cleaned[100:200, 200:214].min() > 0.8
+
+
+def test_lines_that_stop_at_a_sheets_edge_inside_the_frame_go_on_the_sheet():
+    """A sheet lying tilted on a table, cropped to its box: its lines run from
+    its edge to its edge, which is inside the frame (up top, 65% of it)."""
+    page = np.zeros((300, 400), np.uint8)
+    cv2.fillPoly(page, [np.array([[140, 0], [399, 0], [399, 299], [0, 299]], np.int32)], 1)
+    ink = np.zeros((300, 400), np.float32)
+    for y in range(20, 300, 30):
+        cv2.line(ink, (round(140 * (1 - y / 299)) + 2, y), (399, y), 0.3, 2)  # from the sheet's slanted edge
+    ink[100:200, 200:214] = 0.9
+    assert without_lines(ink)[50, 300] > 0.2  # measured on the frame, the short lines stay
+    cleaned = without_lines(ink, page.astype(bool))
+    assert cleaned[50, 300] < 0.05 and cleaned[260, 300] < 0.05
+    assert cleaned[100:200, 200:214].min() > 0.8
+
+
 def test_a_lone_margin_line_beside_the_digit_goes():
     ink = np.zeros((240, 320), np.float32)
     ink[:, 250:253] = 0.5  # a notebook's margin, top to bottom
@@ -292,6 +324,29 @@ def test_a_page_edge_and_a_pen_entering_the_frame_are_not_the_digit(mnist_held_o
         image = frame * (1 - alpha[..., None]) + np.float32(0.1) * alpha[..., None]
         tensor = to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90)))
         assert model.predict_proba(tensor[None])[0].argmax() == digit
+
+
+def test_a_digit_joined_to_the_edge_by_a_faint_line_is_not_clutter():
+    """A faint grid line, left by the line finder (fainter than what it marks
+    next to a dark digit), runs on to the frame's edge through the digit: the
+    digit has not entered the frame, it stays; a speck beside it does not
+    become the digit. A pen's end fading out is as wide as the pen: it goes."""
+    from streamapp.imaging import normalize
+    from tests.imaging.drawing import seven
+
+    ink = np.zeros((600, 800), np.float32)
+    ink[299:301, :] = 0.12  # the line, 2 px, edge to edge
+    ink[200:400, 300:500] = np.maximum(ink[200:400, 300:500], 0.9 * seven(200, 14))
+    ink[420:426, 560:566] = 0.9  # a speck
+    cleaned = normalize.without_clutter(ink, 0.06)
+    digit = seven(200, 14) > 0.5
+    assert np.array_equal(cleaned[200:400, 300:500][digit], ink[200:400, 300:500][digit])
+    assert cleaned[299:301, :100].max() <= 0  # the line's run to the edge goes
+    # the same strong shape joined to the edge by a faint band as wide as itself: it entered the frame
+    band = ink.copy()
+    band[299:301, :] = 0
+    band[280:320, :440] = np.maximum(band[280:320, :440], 0.12)  # under the 7's stem, into the edge
+    assert normalize.without_clutter(band, 0.06)[200:400, 300:500].max() <= 0
 
 
 def test_a_digit_cropped_to_the_edge_is_not_clutter(monkeypatch):

@@ -115,7 +115,7 @@ def test_the_digit_is_finished_near_its_mask_as_on_the_whole_picture(monkeypatch
     ink = strokes + np.float32(0.15) * _RNG.normal(size=strokes.shape).astype(np.float32)
     mask, floor, level = strokes > 0.5, 0.1, 0.9
     monkeypatch.setattr(normalize, "ink_image", lambda gray, light: ink)
-    monkeypatch.setattr(normalize, "without_lines", lambda image: image)
+    monkeypatch.setattr(normalize, "without_lines", lambda image, page=None: image)
     monkeypatch.setattr(normalize, "digit_mask", lambda image: (mask, floor, level))
     tensor = normalize_mnist(np.zeros(ink.shape, np.float32))
     assert np.array_equal(tensor, _finished_on_the_whole_picture(ink, mask, floor, level))
