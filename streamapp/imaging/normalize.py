@@ -418,9 +418,11 @@ _LINE_SPAN = 0.85
 #: how far from horizontal or vertical a page's lines may lie (a tilted photo)
 _LINE_TILT = np.deg2rad(15.0)
 _LINE_THETA = np.deg2rad(0.5)  # Hough's step; the angle is then refined to 0.1 degree
-#: converging lines are looked for this far past the angles Hough found, in these steps
-_LINE_SPREAD = np.deg2rad(0.5)
+#: converging lines (keystone) are looked for at the angles Hough found lines
+#: at this close to the sharpest, and a step either side of each
+_LINE_CONVERGE = np.deg2rad(4.0)
 _LINE_STEP = np.deg2rad(0.25)
+_LINE_NEAR = np.array([-_LINE_STEP, 0.0, _LINE_STEP])
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _SQUARE5 = np.ones((5, 5), np.uint8)
 #: the shortest line considered (px): a corner of a tilted photo cuts lines
@@ -461,10 +463,15 @@ def _line_candidates(marked: np.ndarray, page: np.ndarray | None = None) -> list
         # seen at a slant the page's lines converge (keystone): each is
         # looked for at every angle Hough found lines at, and a little past
         found_at = lines[:, 0, 1]
-        low_angle = min(float(found_at.min()), sharpest) - _LINE_SPREAD
-        high_angle = max(float(found_at.max()), sharpest) + _LINE_SPREAD
-        angles = np.arange(low_angle, high_angle + 1e-9, _LINE_STEP)
+        apart = np.abs(found_at - sharpest)
+        # parallel lines (all within Hough's step of the sharpest) need no more
+        found_at = np.unique(found_at[(apart > 1.2 * _LINE_THETA) & (apart <= _LINE_CONVERGE)])
+        # Hough's angles are 0.5 degree apart: each line's own lies within a quarter of one
+        angles = np.unique(np.rint((found_at[:, None] + _LINE_NEAR[None, :]) / _LINE_STEP)) * _LINE_STEP
+        before = len(found)
         for theta in [sharpest, *angles[np.abs(angles - sharpest) > _LINE_STEP / 2]]:
+            if theta != sharpest and len(found) == before:
+                break  # no line at the sharpest angle: no page's lines to converge
             sin, cos = np.sin(theta), np.cos(theta)
             offset = width + height  # rho may be negative
             votes = np.bincount(np.rint(xs * cos + ys * sin).astype(np.intp) + offset, minlength=2 * offset + 1)
@@ -651,7 +658,7 @@ EMPTY_NOISE = 8.0
 _ROOM = 0.6
 
 
-def without_clutter(ink: np.ndarray, level: float) -> np.ndarray:
+def without_clutter(ink: np.ndarray, level: float, page: np.ndarray | None = None) -> np.ndarray:
     """``ink`` without what reaches the edge of the frame, when the digit does not.
 
     A photo holds more than the digit: the page's edge against the table, a
@@ -674,14 +681,22 @@ def without_clutter(ink: np.ndarray, level: float) -> np.ndarray:
     right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
     areas = stats[1:, cv2.CC_STAT_AREA]
     edge = (left == 0) | (top == 0) | (right == width) | (bottom == height)
+    beyond = None
+    if page is not None:  # a sheet's edge inside the frame is an edge too: a pen enters the sheet there
+        beyond = ~cv2.erode(page.view(np.uint8), _PAGE_RIM).astype(bool)
+        edge |= np.bincount(labels[beyond].ravel(), minlength=count)[1:] > 0
     if not edge.any():
         return ink
     # strong ink that reaches the edge only through faint ink (a digit
     # across a faint grid line that runs on to the edge) has not entered
     # the frame: it stays, and counts as clear of the edges
-    protected = _held_inside(ink, _labelled(labels, np.flatnonzero(edge) + 1), level)
     inner = ~edge & (areas >= max(8, 0.08 * areas[~edge].max(initial=0)))
     boxes = [(left[inner], top[inner], right[inner], bottom[inner])]
+    if areas[inner].sum() >= 30:
+        span = max(right[inner].max() - left[inner].min(), bottom[inner].max() - top[inner].min())
+        if span >= _ROOM * min(height, width):
+            return ink  # what the protection below adds could only widen it
+    protected = _held_inside(ink, _labelled(labels, np.flatnonzero(edge) + 1), level, beyond)
     if protected is not None:
         boxes.append(protected[1])
     lows, tops, rights, bottoms = (np.concatenate(parts) for parts in zip(*boxes, strict=True))
@@ -700,17 +715,22 @@ def without_clutter(ink: np.ndarray, level: float) -> np.ndarray:
     return np.where(out, np.minimum(ink, 0.0), ink).astype(np.float32)
 
 
+#: how far in from a sheet's outline (px) what touches it counts as entering
+_PAGE_RIM = np.ones((9, 9), np.uint8)
+
 #: strong ink, for :func:`_held_inside`: at least this share of the strongest;
 #: what joins it to the frame's edge is a line when no wider than this (px)
 _STRONG = 0.4
 _THIN_JOINT = 4.0
 
 
-def _held_inside(ink: np.ndarray, reaching: np.ndarray, level: float) -> tuple[np.ndarray, tuple] | None:
-    """Within ``reaching`` (ink above ``level`` connected to the frame's edge):
-    the strong ink (:data:`_STRONG`) that does not itself touch the edge, as a
-    mask and its components' boxes (left, top, right, bottom arrays); None if
-    there is none."""
+def _held_inside(
+    ink: np.ndarray, reaching: np.ndarray, level: float, beyond: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple] | None:
+    """Within ``reaching`` (ink above ``level`` connected to the frame's edge,
+    or to ``beyond``: past a sheet's edge): the strong ink (:data:`_STRONG`)
+    that does not itself touch either, as a mask and its components' boxes
+    (left, top, right, bottom arrays); None if there is none."""
     height, width = ink.shape
     strong = (reaching & (ink > max(level, _STRONG * _kth_largest(ink)))).view(np.uint8)
     count, labels, stats, _ = _components(strong)
@@ -722,6 +742,8 @@ def _held_inside(ink: np.ndarray, reaching: np.ndarray, level: float) -> tuple[n
     margin = max(3, round(0.02 * min(height, width)))
     clear = (left > margin) & (top > margin) & (right < width - margin) & (bottom < height - margin)
     clear &= stats[1:, cv2.CC_STAT_AREA] >= 30
+    if beyond is not None:
+        clear &= np.bincount(labels[beyond].ravel(), minlength=count)[1:] == 0
     if not clear.any():
         return None
     # and what joins it to the edge is thin, as a ruled line is: a pen's
@@ -809,10 +831,11 @@ def _labelled(labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return table[labels]
 
 
-def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
+def digit_mask(ink: np.ndarray, page: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """Binary mask of the digit's strokes, plus the background floor and ink level.
 
-    ``ink`` is :func:`ink_image`'s signed output. Raises EmptyImage when
+    ``ink`` is :func:`ink_image`'s signed output; ``page``: where a sheet
+    lying on a table is (:func:`without_clutter`). Raises EmptyImage when
     nothing stands out from the background noise.
     """
     median = quantiles.median(ink)
@@ -822,7 +845,7 @@ def digit_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
     level = median + 5 * noise
-    uncluttered = without_bars(without_clutter(ink, level), level)
+    uncluttered = without_bars(without_clutter(ink, level, page), level)
     if uncluttered is not ink:
         try:
             return _strokes(uncluttered, median, noise)
@@ -995,13 +1018,13 @@ def normalize_mnist(gray: np.ndarray, light: bool | None = None, page: np.ndarra
     ink = ink_image(gray, light)
     cleaned = without_lines(ink, page)
     try:
-        mask, floor, level = digit_mask(cleaned)
+        mask, floor, level = digit_mask(cleaned, page)
         ink = cleaned
     except EmptyImage:
         if cleaned is ink:
             raise
         # the "lines" were all the ink there is: a thin 1 drawn edge to edge
-        mask, floor, level = digit_mask(ink)
+        mask, floor, level = digit_mask(ink, page)
     left, top, across, down = cv2.boundingRect(mask.view(np.uint8))  # the bool mask's bytes, not copied
     scale = 20.0 / max(across, down)
     width = stroke_width(_around(mask, (left, top, across, down), 1))

@@ -349,6 +349,26 @@ def test_a_digit_joined_to_the_edge_by_a_faint_line_is_not_clutter():
     assert normalize.without_clutter(band, 0.06)[200:400, 300:500].max() <= 0
 
 
+def test_a_pen_entering_a_sheet_from_its_edge_is_clutter_on_the_sheet():
+    """A sheet lying on a table, cropped to its box: a pen lies across the
+    sheet's edge, which is inside the frame. On the sheet, that edge is an
+    edge: what enters there is not the digit."""
+    from streamapp.imaging import normalize
+    from tests.imaging.drawing import seven
+
+    page = np.zeros((600, 800), np.uint8)
+    cv2.fillPoly(page, [np.array([[0, 0], [640, 0], [560, 599], [0, 599]], np.int32)], 1)
+    ink = np.zeros((600, 800), np.float32)
+    ink[200:400, 150:350] = 0.9 * seven(200, 14)
+    cv2.line(ink, (600, 300), (430, 480), 0.9, 10)  # from the sheet's edge onto it (the table's part is gone)
+    pen = np.zeros(ink.shape, np.uint8)
+    cv2.line(pen, (590, 311), (440, 470), 1, 6)
+    assert normalize.without_clutter(ink, 0.1)[pen == 1].min() > 0.8  # measured on the frame, it stays
+    cleaned = normalize.without_clutter(ink, 0.1, page.astype(bool))
+    assert cleaned[pen == 1].max() <= 0
+    assert np.array_equal(cleaned[200:400, 150:350], ink[200:400, 150:350])
+
+
 def test_a_digit_cropped_to_the_edge_is_not_clutter(monkeypatch):
     """A tight crop: the digit itself reaches the frame's edges (a speck of dust
     clear of them too), so nothing that touches them is taken for clutter."""
@@ -358,5 +378,5 @@ def test_a_digit_cropped_to_the_edge_is_not_clutter(monkeypatch):
     ink[60:63, 4:7] = 1.0
     data = encode(1 - ink)
     tensor = to_tensor(data)
-    monkeypatch.setattr(normalize, "without_clutter", lambda ink, level: ink)
+    monkeypatch.setattr(normalize, "without_clutter", lambda ink, level, page=None: ink)
     assert np.array_equal(tensor, to_tensor(data))

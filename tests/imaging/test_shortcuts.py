@@ -116,6 +116,6 @@ def test_the_digit_is_finished_near_its_mask_as_on_the_whole_picture(monkeypatch
     mask, floor, level = strokes > 0.5, 0.1, 0.9
     monkeypatch.setattr(normalize, "ink_image", lambda gray, light: ink)
     monkeypatch.setattr(normalize, "without_lines", lambda image, page=None: image)
-    monkeypatch.setattr(normalize, "digit_mask", lambda image: (mask, floor, level))
+    monkeypatch.setattr(normalize, "digit_mask", lambda image, page=None: (mask, floor, level))
     tensor = normalize_mnist(np.zeros(ink.shape, np.float32))
     assert np.array_equal(tensor, _finished_on_the_whole_picture(ink, mask, floor, level))
