@@ -453,6 +453,7 @@ def _line_candidates(marked: np.ndarray, page: np.ndarray | None = None) -> list
     points = points.reshape(-1, 2)
     xs, ys = points[:, 0].astype(np.float32), points[:, 1].astype(np.float32)
     found = []
+    offset = width + height  # rho may be negative
     # theta is the angle of the line's normal: ~90 deg for a horizontal line, ~0 or ~180 for a vertical one
     for low, high, extent in ((np.pi / 2 - _LINE_TILT, np.pi / 2 + _LINE_TILT, width),
                               (0.0, _LINE_TILT, height), (np.pi - _LINE_TILT, np.pi - 1e-6, height)):
@@ -473,7 +474,6 @@ def _line_candidates(marked: np.ndarray, page: np.ndarray | None = None) -> list
             if theta != sharpest and len(found) == before:
                 break  # no line at the sharpest angle: no page's lines to converge
             sin, cos = np.sin(theta), np.cos(theta)
-            offset = width + height  # rho may be negative
             votes = np.bincount(np.rint(xs * cos + ys * sin).astype(np.intp) + offset, minlength=2 * offset + 1)
             rhos = np.flatnonzero(votes >= _LINE_SHORTEST // 2)
             # a line a pixel or two wide may share its votes between two bins
@@ -535,12 +535,18 @@ def _line_points(rhos: np.ndarray, theta: float, height: int, width: int) -> tup
     return (rhos[:, None] - ys * sin) / cos, ys
 
 
+def _at(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """``mask`` at the points (xs, ys), rounded to pixels and held inside it."""
+    height, width = mask.shape
+    return mask[np.clip(np.rint(ys).astype(np.intp), 0, height - 1), np.clip(np.rint(xs).astype(np.intp), 0, width - 1)]
+
+
 def _page_chords(rhos: np.ndarray, theta: float, page: np.ndarray) -> np.ndarray:
     """Like :func:`_chords`, but counting only the line's pixels on the page."""
     height, width = page.shape
     xs, ys = (np.rint(values).astype(np.intp) for values in _line_points(rhos.astype(np.float32), theta, height, width))
     inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-    return (page[np.clip(ys, 0, height - 1), np.clip(xs, 0, width - 1)] & inside).sum(axis=1)
+    return (_at(page, xs, ys) & inside).sum(axis=1)
 
 
 def _line_run(
@@ -551,15 +557,10 @@ def _line_run(
     line's pixel positions."""
     height, width = marked.shape
     sin, cos = np.sin(theta), np.cos(theta)
-    if abs(sin) >= abs(cos):  # mostly horizontal: one point per column
-        xs = np.arange(width, dtype=np.float32)
-        ys = (rho - xs * cos) / sin
-    else:
-        ys = np.arange(height, dtype=np.float32)
-        xs = (rho - ys * sin) / cos
+    xs, ys = (values[0] for values in _line_points(np.array([rho]), theta, height, width))
     inside = (ys > -0.5) & (ys < height - 0.5) & (xs > -0.5) & (xs < width - 0.5)  # on a pixel once rounded
     if page is not None:  # a sheet's lines stop at its edge, inside the frame
-        inside &= page[np.clip(np.rint(ys).astype(np.intp), 0, height - 1), np.clip(np.rint(xs).astype(np.intp), 0, width - 1)]
+        inside &= _at(page, xs, ys)
     # a tilted page's line may leave by the top or bottom: a corner of the
     # image cuts it short, yet it still runs edge to edge
     if inside.sum() < _LINE_SHORTEST:
@@ -603,9 +604,9 @@ def without_lines(ink: np.ndarray, page: np.ndarray | None = None) -> np.ndarray
     for rho, theta in _line_candidates(marked, page):
         horizontal = abs(np.sin(theta)) >= abs(np.cos(theta))
         if reach[horizontal]:
-            xs, ys = (values[0] for values in _line_points(np.array([rho], np.float32), theta, height, width))
+            xs, ys = (values[0] for values in _line_points(np.array([rho]), theta, height, width))
             on = (xs > -0.5) & (xs < width - 0.5) & (ys > -0.5) & (ys < height - 0.5)
-            if on.any() and bands[horizontal][np.rint(ys[on]).astype(np.intp), np.rint(xs[on]).astype(np.intp)].mean() > 0.5:
+            if on.any() and _at(bands[horizontal], xs[on], ys[on]).mean() > 0.5:
                 continue  # the same line again (at another angle; the vertical ranges meet at 0 and 180 degrees)
         run = _line_run(marked, rho, theta, page)
         if run is None:
@@ -680,7 +681,7 @@ def without_clutter(ink: np.ndarray, level: float, page: np.ndarray | None = Non
     left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
     right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
     areas = stats[1:, cv2.CC_STAT_AREA]
-    edge = (left == 0) | (top == 0) | (right == width) | (bottom == height)
+    edge = ~_clear_of_edges(stats, height, width)
     beyond = None
     if page is not None:  # a sheet's edge inside the frame is an edge too: a pen enters the sheet there
         beyond = ~cv2.erode(page.view(np.uint8), _PAGE_RIM).astype(bool)
@@ -739,8 +740,7 @@ def _held_inside(
     left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
     right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
     # clear of the edge by more than a soft rim (a tight crop's digit is not)
-    margin = max(3, round(0.02 * min(height, width)))
-    clear = (left > margin) & (top > margin) & (right < width - margin) & (bottom < height - margin)
+    clear = _clear_of_edges(stats, height, width, margin=max(3, round(0.02 * min(height, width))))
     clear &= stats[1:, cv2.CC_STAT_AREA] >= 30
     if beyond is not None:
         clear &= np.bincount(labels[beyond].ravel(), minlength=count)[1:] == 0
@@ -801,10 +801,7 @@ def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
     # the digit's span from its pieces, not from specks of grain nor from
     # what enters at the frame's edge (the pen's end past a sheet's edge)
     pieces = rest & (areas >= _BAR_PIECE * areas[rest].max())
-    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
-    inside = (left > 0) & (top > 0) & (left + stats[1:, cv2.CC_STAT_WIDTH] < width) & (
-        top + stats[1:, cv2.CC_STAT_HEIGHT] < height
-    )
+    inside = _clear_of_edges(stats, height, width)
     if (pieces & inside).any():
         pieces &= inside
     left, top = stats[1:, cv2.CC_STAT_LEFT][pieces], stats[1:, cv2.CC_STAT_TOP][pieces]
@@ -821,6 +818,14 @@ def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
     out = cv2.resize(cv2.dilate(out.astype(np.uint8), _SQUARE3), (ink.shape[1], ink.shape[0]),
                      interpolation=cv2.INTER_NEAREST)
     return np.where(cv2.dilate(out, _SQUARE3).astype(bool), np.minimum(ink, 0.0), ink).astype(np.float32)
+
+
+def _clear_of_edges(stats: np.ndarray, height: int, width: int, margin: int = 0) -> np.ndarray:
+    """Per component of a labelling (its ``stats``, background row first):
+    whether its box stays more than ``margin`` px clear of the frame's edges."""
+    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
+    return (left > margin) & (top > margin) & (right < width - margin) & (bottom < height - margin)
 
 
 def _labelled(labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
