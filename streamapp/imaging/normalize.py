@@ -11,6 +11,8 @@ centre its centre of mass in the 28x28 field.
 
 from __future__ import annotations
 
+from typing import NamedTuple, cast
+
 import cv2
 import numpy as np
 
@@ -549,32 +551,79 @@ def _page_chords(rhos: np.ndarray, theta: float, page: np.ndarray) -> np.ndarray
     return (_at(page, xs, ys) & inside).sum(axis=1)
 
 
-def _line_run(
-    marked: np.ndarray, rho: float, theta: float, page: np.ndarray | None = None
-) -> tuple[float, float, np.ndarray, np.ndarray] | None:
-    """How much of the line (rho, theta) inside the image (and on the ``page``,
-    when given) is ink, how thick that ink is (median over its length) and the
-    line's pixel positions."""
-    height, width = marked.shape
-    sin, cos = np.sin(theta), np.cos(theta)
-    xs, ys = (values[0] for values in _line_points(np.array([rho]), theta, height, width))
-    inside = (ys > -0.5) & (ys < height - 0.5) & (xs > -0.5) & (xs < width - 0.5)  # on a pixel once rounded
-    if page is not None:  # a sheet's lines stop at its edge, inside the frame
-        inside &= _at(page, xs, ys)
-    # a tilted page's line may leave by the top or bottom: a corner of the
-    # image cuts it short, yet it still runs edge to edge
-    if inside.sum() < _LINE_SHORTEST:
+class _Line(NamedTuple):
+    """A candidate line (rho, theta), sampled once per column or row
+    (:func:`_line_points`): its points; which of them fall on a pixel of the
+    image once rounded (``on``) and those pixels (held inside the image);
+    which of them :func:`_line_run` measures (``inside``: on the image and
+    on the page, if any), and the share of those with ink within a pixel."""
+
+    theta: float
+    xs: np.ndarray
+    ys: np.ndarray
+    on: np.ndarray
+    rows: np.ndarray
+    columns: np.ndarray
+    inside: np.ndarray
+    covered: float
+
+
+#: how far :func:`_line_run` looks across a line (px either side) ...
+_REACH = 8
+_ACROSS = np.arange(-_REACH, _REACH + 1, dtype=np.float32)
+#: ... and within a pixel of it
+_NEAR = _ACROSS[_REACH - 1 : _REACH + 2]
+
+
+def _ink_across(padded: np.ndarray, xs: np.ndarray, ys: np.ndarray, theta: float, offsets: np.ndarray) -> np.ndarray:
+    """Whether there is ink at each point (xs, ys) moved by each of the
+    ``offsets`` along the normal of angle ``theta``: ``padded`` is the marked
+    ink with :data:`_REACH` px of zeros around it, past the edge is no ink."""
+    px = np.rint(xs[..., None] + offsets * np.cos(theta)).astype(np.intp) + _REACH
+    py = np.rint(ys[..., None] + offsets * np.sin(theta)).astype(np.intp) + _REACH
+    # points off the image are clipped to its margin; the callers leave them out
+    height, width = padded.shape
+    return padded[np.clip(py, 0, height - 1), np.clip(px, 0, width - 1)].astype(bool)
+
+
+def _sampled(
+    candidates: list[tuple[float, float]], padded: np.ndarray, page: np.ndarray | None = None
+) -> list[_Line]:
+    """The candidates (rho, theta) as :class:`_Line`, in their order: all
+    those found at one angle are sampled and measured together, where a
+    ruled page has a hundred or more candidates at a dozen angles."""
+    height, width = padded.shape[0] - 2 * _REACH, padded.shape[1] - 2 * _REACH
+    at_angle: dict[float, list[int]] = {}
+    for index, (_, theta) in enumerate(candidates):
+        at_angle.setdefault(theta, []).append(index)
+    lines: list[_Line | None] = [None] * len(candidates)
+    for theta, indices in at_angle.items():
+        xs, ys = _line_points(np.array([candidates[index][0] for index in indices]), theta, height, width)
+        on = (ys > -0.5) & (ys < height - 0.5) & (xs > -0.5) & (xs < width - 0.5)  # on a pixel once rounded
+        rows = np.clip(np.rint(ys).astype(np.intp), 0, height - 1)
+        columns = np.clip(np.rint(xs).astype(np.intp), 0, width - 1)
+        # a sheet's lines stop at its edge, inside the frame
+        inside = on & page[rows, columns] if page is not None else on
+        counts = inside.sum(axis=1)
+        hits = (_ink_across(padded, xs, ys, theta, _NEAR).any(axis=2) & inside).sum(axis=1)
+        for row, index in enumerate(indices):
+            covered = hits[row] / counts[row] if counts[row] else 0.0
+            lines[index] = _Line(theta, xs[row], ys[row], on[row], rows[row], columns[row], inside[row], covered)
+    return cast(list[_Line], lines)
+
+
+def _line_run(padded: np.ndarray, line: _Line) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """How thick the ink along the ``line`` is (median over its length) and
+    the line's pixel positions, where :func:`_sampled` measures it; None
+    unless that is :data:`_LINE_SHORTEST` px or more (a tilted page's line
+    may leave by the top or bottom: a corner of the image cuts it short, yet
+    it still runs edge to edge) with ink along :data:`_LINE_SPAN` of it."""
+    if line.inside.sum() < _LINE_SHORTEST or line.covered < _LINE_SPAN:
         return None
-    xs, ys = xs[inside], ys[inside]
-    # ink across the line at each point, up to 8 px either side of it
-    offsets = np.arange(-8, 9, dtype=np.float32)
-    normal = (cos, sin)
-    px = np.rint(xs[:, None] + offsets[None, :] * normal[0]).astype(np.intp)
-    py = np.rint(ys[:, None] + offsets[None, :] * normal[1]).astype(np.intp)
-    within = (px >= 0) & (px < width) & (py >= 0) & (py < height)  # past the edge is no ink
-    across = marked[np.clip(py, 0, height - 1), np.clip(px, 0, width - 1)].astype(bool) & within
-    centre = across[:, 7:10].any(axis=1)  # within a pixel of the line
-    return float(centre.mean()), quantiles.median(across.sum(axis=1)[centre].astype(np.float64)) if centre.any() else 0.0, xs, ys
+    xs, ys = line.xs[line.inside], line.ys[line.inside]
+    across = _ink_across(padded, xs, ys, line.theta, _ACROSS)
+    centre = across[:, _REACH - 1 : _REACH + 2].any(axis=1)
+    return quantiles.median_of_counts(across.sum(axis=1)[centre]), xs, ys
 
 
 def without_lines(ink: np.ndarray, page: np.ndarray | None = None) -> np.ndarray:
@@ -601,20 +650,20 @@ def without_lines(ink: np.ndarray, page: np.ndarray | None = None) -> np.ndarray
     reach = {True: 0, False: 0}
     if page is not None:  # its outline is found on a 256 px copy: what lies near it is not asked
         page = cv2.erode(page.astype(np.uint8), _SQUARE5).astype(bool)
-    for rho, theta in _line_candidates(marked, page):
-        horizontal = abs(np.sin(theta)) >= abs(np.cos(theta))
+    padded = np.pad(marked, _REACH)
+    for line in _sampled(_line_candidates(marked, page), padded, page):
+        horizontal = abs(np.sin(line.theta)) >= abs(np.cos(line.theta))
         if reach[horizontal]:
-            xs, ys = (values[0] for values in _line_points(np.array([rho]), theta, height, width))
-            on = (xs > -0.5) & (xs < width - 0.5) & (ys > -0.5) & (ys < height - 0.5)
-            if on.any() and _at(bands[horizontal], xs[on], ys[on]).mean() > 0.5:
+            on = line.on
+            if on.any() and bands[horizontal][line.rows[on], line.columns[on]].mean() > 0.5:
                 continue  # the same line again (at another angle; the vertical ranges meet at 0 and 180 degrees)
-        run = _line_run(marked, rho, theta, page)
+        run = _line_run(padded, line)
         if run is None:
             continue
-        covered, thickness, xs, ys = run
+        thickness, xs, ys = run
         points = np.rint(np.stack([xs, ys], axis=1)).astype(np.int32)
         # ink along 85% of it, and thin: a band of shade or a thick stroke is not a line
-        if covered >= _LINE_SPAN and 0 < thickness <= thin:
+        if 0 < thickness <= thin:
             width_px = round(thickness) + 2
             cv2.polylines(bands[horizontal], [points], False, 1, thickness=width_px)
             reach[horizontal] = max(reach[horizontal], width_px)

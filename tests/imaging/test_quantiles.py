@@ -69,3 +69,13 @@ def test_labelled_is_isin():
     for wanted in ([], [1], [3, 11], list(range(12))):
         wanted = np.array(wanted, np.intp)
         assert np.array_equal(_labelled(labels, wanted), np.isin(labels, wanted))
+
+
+def test_the_median_of_counts_is_numpys():
+    rng = np.random.default_rng(17)
+    for size in [*range(1, 40), 999, 1000, 1001]:
+        for high in (1, 3, 18):
+            counts = rng.integers(0, high, size)
+            expected = float(np.median(counts.astype(np.float64)))
+            assert quantiles.median_of_counts(counts) == expected, (size, high)
+            assert quantiles.median_of_counts(counts) == quantiles.median(counts.astype(np.float64))
