@@ -420,8 +420,8 @@ _LINE_SPAN = 0.85
 #: how far from horizontal or vertical a page's lines may lie (a tilted photo)
 _LINE_TILT = np.deg2rad(15.0)
 _LINE_THETA = np.deg2rad(0.5)  # Hough's step; the angle is then refined to 0.1 degree
-#: converging lines (keystone) are looked for at the angles Hough found lines
-#: at this close to the sharpest, and a step either side of each
+#: converging lines (keystone) are looked for at the angles Hough found
+#: distinct lines at this close to the sharpest, and a step either side of each
 _LINE_CONVERGE = np.deg2rad(4.0)
 _LINE_STEP = np.deg2rad(0.25)
 _LINE_NEAR = np.array([-_LINE_STEP, 0.0, _LINE_STEP])
@@ -464,8 +464,8 @@ def _line_candidates(marked: np.ndarray, page: np.ndarray | None = None) -> list
             continue
         sharpest = _sharpest_angle(xs, ys, float(lines[0, 0, 1]))
         # seen at a slant the page's lines converge (keystone): each is
-        # looked for at every angle Hough found lines at, and a little past
-        found_at = lines[:, 0, 1]
+        # looked for at the angle Hough found each distinct line at, and a little past
+        found_at = _distinct(lines[:, 0], height, width)[:, 1]
         apart = np.abs(found_at - sharpest)
         # parallel lines (all within Hough's step of the sharpest) need no more
         found_at = np.unique(found_at[(apart > 1.2 * _LINE_THETA) & (apart <= _LINE_CONVERGE)])
@@ -492,6 +492,23 @@ def _line_candidates(marked: np.ndarray, page: np.ndarray | None = None) -> list
                 found.append((float(share[best]), float(rhos[best] - offset), float(theta)))
     # the best-covered first: a line found at a slightly wrong angle too is then the same line again
     return [(rho, theta) for _, rho, theta in sorted(found, key=lambda candidate: -candidate[0])]
+
+
+def _distinct(lines: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Hough's (rho, theta) lines, strongest first, without those that pass
+    within :data:`_LINE_SAME` px of a stronger one at the image's centre: one
+    thick line gives peaks a degree or so apart, all through the same
+    place; converging lines pass through different places."""
+    centre = (width - 1) / 2 * np.cos(lines[:, 1]) + (height - 1) / 2 * np.sin(lines[:, 1]) - lines[:, 0]
+    kept: list[int] = []
+    for index, at in enumerate(centre):
+        if not kept or np.abs(centre[kept] - at).min() > _LINE_SAME:
+            kept.append(index)
+    return lines[kept]
+
+
+#: lines this close (px) at the image's centre are one line (:func:`_distinct`)
+_LINE_SAME = 3.0
 
 
 def _sharpest_angle(xs: np.ndarray, ys: np.ndarray, theta: float) -> float:

@@ -11,7 +11,7 @@ import pytest
 
 from streamapp.errors import EmptyImage
 from streamapp.imaging import normalize
-from streamapp.imaging.normalize import FAINTEST_INK, normalize_mnist, without_lines
+from streamapp.imaging.normalize import FAINTEST_INK, _distinct, _line_candidates, normalize_mnist, without_lines
 from streamapp.imaging.tensor import to_tensor
 from tests.imaging.drawing import centre_of_mass, encode, glyph, ink_box, on_paper, seven, similar
 
@@ -380,3 +380,30 @@ def test_a_digit_cropped_to_the_edge_is_not_clutter(monkeypatch):
     tensor = to_tensor(data)
     monkeypatch.setattr(normalize, "without_clutter", lambda ink, level, page=None: ink)
     assert np.array_equal(tensor, to_tensor(data))
+
+
+def test_one_thick_line_is_one_line_whatever_angles_hough_gives_it():
+    # Hough's peaks for one line a few px thick lie a degree or so apart, all
+    # through the same place; lines through other places are other lines
+    height, width = 300, 400
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+
+    def through(y_at_centre: float, degrees: float) -> tuple[float, float]:
+        theta = np.deg2rad(degrees)  # the normal's angle: 90 is horizontal
+        return float(centre[0] * np.cos(theta) + y_at_centre * np.sin(theta)), float(theta)
+
+    lines = np.array([through(150, 90), through(150.5, 90.5), through(149, 89), through(170, 92), through(190, 88)],
+                     dtype=np.float32)
+    kept = _distinct(lines, height, width)
+    assert np.allclose(kept, lines[[0, 3, 4]])  # the strongest of each place, in Hough's order
+
+
+def test_a_parallel_page_is_searched_at_its_one_angle():
+    # converging lines are looked for only at the angles of distinct lines:
+    # thick parallel lines alone do not start that search
+    marked = np.zeros((300, 400), np.uint8)
+    for y in range(20, 300, 30):
+        marked[y : y + 4, :] = 1
+    candidates = _line_candidates(marked)
+    assert len(candidates) >= 9
+    assert len({theta for _, theta in candidates}) == 1
