@@ -679,7 +679,7 @@ def without_lines(ink: np.ndarray, page: np.ndarray | None = None) -> np.ndarray
             continue
         thickness, xs, ys = run
         points = np.rint(np.stack([xs, ys], axis=1)).astype(np.int32)
-        # ink along 85% of it, and thin: a band of shade or a thick stroke is not a line
+        # ink along 85% of it (_line_run), and thin: a band of shade or a thick stroke is not a line
         if 0 < thickness <= thin:
             width_px = round(thickness) + 2
             cv2.polylines(bands[horizontal], [points], False, 1, thickness=width_px)
