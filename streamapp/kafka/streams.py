@@ -4,9 +4,8 @@ Reads: a Faust stream of events. Writes: lists of events, each list one
 predictor request; the events are acked after the caller has processed the
 batch. Faust's own ``take(max, within)`` restarts its timer after every batch
 whether or not anything arrived, so at low rates it sends batches earlier and
-smaller than the policy says, and it stops buffering while the caller
-processes a batch, so under load its batches stay small; this keeps its
-acking and changes those two. It is built from ``Stream.take``'s private parts
+smaller than the policy says; this keeps its buffering and acking and changes
+only the clock. It is built from ``Stream.take``'s private parts
 (``_tracks_buffer_agen``, ``_enable_passive``, ``_processors``), hence its
 place here.
 """
@@ -21,6 +20,7 @@ from typing import Any, cast
 import faust
 from faust.streams import _tracks_buffer_agen
 from faust.types import ChannelT, EventT
+from mode.utils.futures import notify
 
 from streamapp.pipeline.batching import BatchPolicy
 
@@ -30,31 +30,34 @@ class BatchingStream(faust.Stream):
 
     @_tracks_buffer_agen
     async def take_batches(self, policy: BatchPolicy) -> AsyncGenerator[list[EventT], None]:
-        # Records keep arriving into the next batch while the caller processes
-        # one (Faust's take() stops its buffer then): under load the loop is
-        # slow, and a buffer that waited for every batch to finish sent batches
-        # of a few records however long the topic's backlog (docs/BENCHMARKS.md).
         events: list[EventT] = []
         oldest_at: float | None = None
         first = asyncio.Event()  # the buffer got its first record
         full = asyncio.Event()  # the buffer holds max_size records
-        taken = asyncio.Event()  # a full buffer became a batch
+        consumed = asyncio.Event()  # the caller is done with a full batch
+        consuming: asyncio.Future | None = None
         stream_enable_acks = self.enable_acks
 
         async def add_to_buffer(value: Any) -> Any:
-            nonlocal oldest_at
+            nonlocal consuming, oldest_at
+            arrived_at = time.monotonic()
             try:
+                if consuming is not None:  # a batch is being processed: wait for it
+                    try:
+                        await consuming
+                    finally:
+                        consuming = None
                 event = self.current_event
                 if event is None:
                     raise RuntimeError("batch buffer found current_event is None")
                 if not events:
-                    oldest_at = time.monotonic()
+                    oldest_at = arrived_at
                     first.set()
                 events.append(event)
                 if len(events) >= policy.max_size:
                     full.set()
-                    taken.clear()
-                    await self.wait(taken)  # never more than max_size in a batch
+                    consumed.clear()
+                    await self.wait(consumed)  # never more than max_size in a batch
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -77,16 +80,19 @@ class BatchingStream(faust.Stream):
                 if left > 0:
                     await self.wait_for_stopped(full, timeout=left)
                     continue
-                batch, events = events, []
-                oldest_at = None
-                first.clear()
-                full.clear()
-                taken.set()
+                consuming = self.loop.create_future()
+                batch = list(events)
                 try:
                     yield batch
                 finally:
+                    events.clear()
+                    oldest_at = None
+                    first.clear()
+                    full.clear()
                     for event in batch:
                         await self.ack(event)
+                    notify(consuming)
+                    consumed.set()
         finally:
             self.enable_acks = stream_enable_acks
             self._processors.remove(add_to_buffer)
