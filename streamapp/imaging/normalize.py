@@ -554,10 +554,15 @@ def _line_points(rhos: np.ndarray, theta: float, height: int, width: int) -> tup
     return (rhos[:, None] - ys * sin) / cos, ys
 
 
+def _pixels(xs: np.ndarray, ys: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The points (xs, ys) rounded to pixels and held inside a ``height`` x
+    ``width`` image: rows and columns to index it with."""
+    return np.clip(np.rint(ys).astype(np.intp), 0, height - 1), np.clip(np.rint(xs).astype(np.intp), 0, width - 1)
+
+
 def _at(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """``mask`` at the points (xs, ys), rounded to pixels and held inside it."""
-    height, width = mask.shape
-    return mask[np.clip(np.rint(ys).astype(np.intp), 0, height - 1), np.clip(np.rint(xs).astype(np.intp), 0, width - 1)]
+    return mask[_pixels(xs, ys, *mask.shape)]
 
 
 def _page_chords(rhos: np.ndarray, theta: float, page: np.ndarray) -> np.ndarray:
@@ -617,8 +622,7 @@ def _sampled(
     for theta, indices in at_angle.items():
         xs, ys = _line_points(np.array([candidates[index][0] for index in indices]), theta, height, width)
         on = (ys > -0.5) & (ys < height - 0.5) & (xs > -0.5) & (xs < width - 0.5)  # on a pixel once rounded
-        rows = np.clip(np.rint(ys).astype(np.intp), 0, height - 1)
-        columns = np.clip(np.rint(xs).astype(np.intp), 0, width - 1)
+        rows, columns = _pixels(xs, ys, height, width)
         # a sheet's lines stop at its edge, inside the frame
         inside = on & page[rows, columns] if page is not None else on
         counts = inside.sum(axis=1)

@@ -353,9 +353,6 @@ def test_a_pen_entering_a_sheet_from_its_edge_is_clutter_on_the_sheet():
     """A sheet lying on a table, cropped to its box: a pen lies across the
     sheet's edge, which is inside the frame. On the sheet, that edge is an
     edge: what enters there is not the digit."""
-    from streamapp.imaging import normalize
-    from tests.imaging.drawing import seven
-
     page = np.zeros((600, 800), np.uint8)
     cv2.fillPoly(page, [np.array([[0, 0], [640, 0], [560, 599], [0, 599]], np.int32)], 1)
     ink = np.zeros((600, 800), np.float32)
