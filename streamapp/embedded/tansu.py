@@ -24,7 +24,12 @@ f. (the revocation commit: fixed for every broker in
    :mod:`streamapp.kafka.transport`);
 g. an idle worker's fetch wait grows (:class:`IdleFetchWait`, :class:`TansuFetcher`):
    held for its whole wait, a 20 ms fetch costs an idle worker ~70 ms and
-   the broker ~185 ms of CPU a second.
+   the broker ~185 ms of CPU a second;
+h. a busy worker's fetches are spaced by the worker, not by the broker
+   (:class:`TansuFetcher`): a fetch asking the broker to hold it until it
+   has many bytes came back empty, fetch after fetch, while thousands of
+   records waited (a backlog of 10,000 records of 1 kB: none in 3 s; under
+   the bench's load the pipeline stalled for seconds to minutes).
 
 Not worked around: a member joining while the leader leaves can leave the
 group leaderless until membership changes again; restart workers one at a
@@ -33,6 +38,7 @@ time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -196,22 +202,40 @@ class IdleFetchWait:
 
 
 class TansuFetcher(kafka_transport.SpacedFetcher):
-    """streamapp's fetcher, asking for the wait :class:`IdleFetchWait` gives
-    when its fetches are not spaced for a load.
+    """streamapp's fetcher, asking for the wait :class:`IdleFetchWait` gives,
+    and holding a fetch spaced for a load itself, before sending it (h.).
 
     aiokafka builds each FetchRequest from ``_fetch_max_wait_ms`` and gets
     ``True`` from ``_proc_fetch_request`` when the fetch added records
-    (aiokafka/consumer/fetcher.py; tests/kafka/test_compat.py checks both).
+    (aiokafka/consumer/fetcher.py; tests/kafka/test_compat.py checks both);
+    while that call runs, no other fetch goes to the node.
     """
 
     idle_wait: IdleFetchWait
+    #: seconds from one spaced fetch to the next (0: not spaced)
+    spacing: float = 0.0
+    #: when the next fetch may be sent (time.monotonic()); 0: at once
+    send_at: float = 0.0
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        # the request asks for one byte: whatever is there comes back at once
+        hold = self.send_at - time.monotonic()
+        if hold > 0:
+            try:
+                await asyncio.sleep(hold)
+            except asyncio.CancelledError:
+                return False  # closed or unassigned meanwhile, as aiokafka's own call answers
+        sent_at = time.monotonic()
         got_records = await super()._proc_fetch_request(assignment, node_id, request)
         wait_ms = self.idle_wait.after_fetch(bool(got_records))
-        if not self.spaced:
-            self._fetch_max_wait_ms = wait_ms
+        self._fetch_max_wait_ms = wait_ms
+        self.send_at = sent_at + self.spacing if self.spaced else 0.0
         return got_records
+
+    def hold_next(self, spacing: float) -> None:
+        # Tansu answers a fetch held for bytes (minimum bytes unmet) with no
+        # records, again and again, while a backlog waits (h.)
+        self.spacing, self.spaced = spacing, bool(spacing)
 
 
 def wait_less_when_idle(consumer: aiokafka.AIOKafkaConsumer) -> None:
@@ -222,6 +246,8 @@ def wait_less_when_idle(consumer: aiokafka.AIOKafkaConsumer) -> None:
     if isinstance(fetcher, _AIOKafkaFetcher) and not isinstance(fetcher, TansuFetcher):
         if not isinstance(fetcher, kafka_transport.SpacedFetcher):
             kafka_transport.space_fetches(consumer, 0.0)
+        # never a fetch held for bytes (h.)
+        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = fetcher.unspaced
         fetcher.idle_wait = IdleFetchWait(fetcher._fetch_max_wait_ms)
         fetcher.__class__ = TansuFetcher
 

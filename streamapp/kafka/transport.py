@@ -298,13 +298,18 @@ class SpacedFetcher(Fetcher):
         got_records = await super()._proc_fetch_request(assignment, node_id, request)
         now = time.monotonic()
         self.recent.add(now, available_records(assignment, request))
-        spacing = spacing_for(self.recent.per_second(now, self.linger), self.linger)
+        self.hold_next(spacing_for(self.recent.per_second(now, self.linger), self.linger))
+        return got_records
+
+    def hold_next(self, spacing: float) -> None:
+        """Have the next fetch held ``spacing`` seconds (0: as configured): by
+        the broker, which answers once it has the minimum bytes or the wait is
+        over (the embedded broker's fetcher holds it itself instead)."""
         if spacing:
             self._fetch_min_bytes, self._fetch_max_wait_ms = self._fetch_max_bytes, round(spacing * 1000)
         elif self.spaced:
             self._fetch_min_bytes, self._fetch_max_wait_ms = self.unspaced
         self.spaced = bool(spacing)
-        return got_records
 
 
 def space_fetches(consumer: aiokafka.AIOKafkaConsumer, linger: float) -> None:

@@ -33,6 +33,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from streamapp.embedded import tansu
 from streamapp.embedded.broker import EmbeddedBroker, topic_partitions
 from streamapp.embedded.process import ManagedProcess, free_port
+from streamapp.kafka import transport as kafka_transport
 
 pytestmark = pytest.mark.integration
 
@@ -370,6 +371,85 @@ def test_an_idle_consumer_waits_longer_and_a_record_brings_the_short_wait_back(b
     assert idle_wait == tansu.FETCH_IDLE_WAIT_MS
     assert after == tansu.FETCH_WAIT_MS
     assert delay < 2 * tansu.FETCH_IDLE_WAIT_MS / 1000 + 0.5
+
+
+BACKLOG = 20_000  # records of 1 kB over 8 partitions
+
+
+def fill_backlog(broker: EmbeddedBroker) -> str:
+    topic = f"backlog-{uuid.uuid4().hex[:8]}"
+    broker.create_topics({topic: 8})
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=30)
+        await producer.start()
+        try:
+            sent = [await producer.send(topic, b"x" * 1000, partition=i % 8) for i in range(BACKLOG)]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    return topic
+
+
+async def drain(bootstrap: str, topic: str, seconds: float, *, prepare: Callable[[AIOKafkaConsumer], None],
+                **options: Any) -> tuple[int, float, list[tuple[int, int]]]:
+    """(records read, seconds taken, each fetch request's (min bytes, max wait ms)) from the log start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(bootstrap, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        prepare(consumer)
+        asked: list[tuple[int, int]] = []
+        fetcher = consumer._fetcher
+        proc = fetcher._proc_fetch_request
+
+        async def counted(assignment: Any, node_id: int, request: Any) -> bool:
+            asked.append((request._min_bytes, request._max_wait_ms))
+            return await proc(assignment, node_id, request)
+
+        fetcher._proc_fetch_request = counted
+        started, got = time.monotonic(), 0
+        while got < BACKLOG and time.monotonic() - started < seconds:
+            got += sum(len(records) for records in (await consumer.getmany(timeout_ms=200)).values())
+        return got, time.monotonic() - started, asked
+    finally:
+        await consumer.stop()
+
+
+def test_a_fetch_held_for_bytes_comes_back_empty_while_a_backlog_waits(broker: EmbeddedBroker) -> None:
+    """h., the fault: Tansu answers a fetch whose minimum bytes it cannot meet
+    with no records, fetch after fetch, though a backlog waits (the stall of
+    the pipeline under load; a broker that answers with what it has at the
+    end of the wait, as Kafka does, fails this test: then h. can go)."""
+    topic = fill_backlog(broker)
+    got, seconds, asked = asyncio.run(drain(broker.bootstrap, topic, 3.0, prepare=lambda consumer: None,
+                                            fetch_min_bytes=50 * 1024 * 1024, fetch_max_wait_ms=30))
+    print(f"\nheld for 50 MB, 30 ms wait: {got} of {BACKLOG} records in {seconds:.1f} s, {len(asked)} fetches")
+    assert len(asked) >= 10
+    assert got < BACKLOG // 10
+
+
+def test_a_busy_tansu_fetcher_spaces_its_fetches_itself_and_takes_a_backlog(broker: EmbeddedBroker) -> None:
+    """h.: spaced for the load, every fetch still asks for one byte, and the
+    fetches go a spacing apart."""
+    topic = fill_backlog(broker)
+    linger = 0.05
+
+    def prepare(consumer: AIOKafkaConsumer) -> None:
+        kafka_transport.space_fetches(consumer, linger)
+        tansu.wait_less_when_idle(consumer)
+
+    got, seconds, asked = asyncio.run(drain(broker.bootstrap, topic, 30.0, prepare=prepare,
+                                            fetch_max_wait_ms=tansu.FETCH_WAIT_MS))
+    print(f"\nspaced by the fetcher: {got} of {BACKLOG} records in {seconds:.2f} s, {len(asked)} fetches")
+    assert got == BACKLOG
+    assert {min_bytes for min_bytes, _ in asked} == {1}
+    # the backlog counts as a load from the second fetch on: a linger apart at least
+    assert len(asked) <= 2 + seconds / linger
 
 
 def committed_offsets(bootstrap: str, group_id: str, topic: str) -> tuple[dict[int, int | None], dict[int, int]]:

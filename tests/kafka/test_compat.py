@@ -155,3 +155,15 @@ def test_the_producer_still_builds_one_accumulator_that_drains_per_partition_lin
     assert list(inspect.signature(MessageAccumulator.drain_by_nodes).parameters) == ["self", "ignore_nodes",
                                                                                     "muted_partitions"]
 
+
+
+def test_no_fetch_goes_to_a_node_while_its_last_one_is_processed():
+    """embedded h.: TansuFetcher holds a spaced fetch inside ``_proc_fetch_request``
+    before sending it; aiokafka counts the node in flight until that call is
+    done (no other fetch to it meanwhile) and takes a False from a call that
+    was cancelled as a fetch without records."""
+    routine = source(Fetcher._fetch_requests_routine)
+    assert "self._in_flight.add(node_id)" in routine and "self._in_flight.discard(node_id)" in routine
+    assert "self._proc_fetch_request(assignment, node_id, request)" in routine
+    assert "elif node_id in self._in_flight:" in source(Fetcher._get_actions_per_node)
+    assert "any(fut.result() for fut in done_pending)" in routine

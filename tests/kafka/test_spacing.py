@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.produce import ProduceRequest
 
+from streamapp.embedded import tansu
 from streamapp.embedded.broker import EmbeddedBroker
 from streamapp.kafka import transport
 from streamapp.kafka.transport import SpacedRequestsProducer, space_fetches
@@ -111,10 +112,12 @@ def test_a_light_load_is_not_held(broker: EmbeddedBroker) -> None:
 
 
 async def consume_while_produced(bootstrap: str, topic: str, *, spacing: float | None, records: int, gap: float,
-                                 fetch_wait_ms: int = 5) -> tuple[int, float, list[float], bool]:
+                                 fetch_wait_ms: int = 5, embedded: bool = False) -> tuple[int, float, list[float], bool]:
     """Fetch requests a consumer sends while ``records`` arrive ``gap`` apart
     round the partitions, and over how many seconds; each record's delay from
-    its acknowledgement to its fetch; whether the fetcher ever spaced its fetches."""
+    its acknowledgement to its fetch; whether the fetcher ever spaced its
+    fetches. ``embedded``: the embedded broker's fetcher (it holds a spaced
+    fetch itself, streamapp.embedded.tansu h.)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=fetch_wait_ms,
                                 enable_auto_commit=False, auto_offset_reset="latest")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -126,6 +129,8 @@ async def consume_while_produced(bootstrap: str, topic: str, *, spacing: float |
             await consumer.position(TopicPartition(topic, p))
         if spacing is not None:
             space_fetches(consumer, spacing)
+        if embedded:
+            tansu.wait_less_when_idle(consumer)
         fetcher = consumer._fetcher
         fetches = counting_requests(consumer._client, FetchRequest)
         acknowledged: dict[bytes, float] = {}
@@ -166,6 +171,20 @@ def test_a_busy_consumer_fetches_a_spacing_apart(broker: EmbeddedBroker) -> None
     assert spaced_fetches * 2 <= plain_fetches
     # a few while the rate is learnt (one second's window), then one per 50 ms at most
     assert spaced_fetches <= seconds / 0.05 + 15
+
+
+def test_the_embedded_brokers_fetcher_spaces_a_busy_consumer_itself(broker: EmbeddedBroker) -> None:
+    topic = new_topic(broker)
+    spaced = asyncio.run(consume_while_produced(broker.bootstrap, topic, spacing=0.05, records=300, gap=0.002,
+                                                embedded=True))
+    plain = asyncio.run(consume_while_produced(broker.bootstrap, topic, spacing=None, records=300, gap=0.002))
+    (spaced_fetches, seconds, spaced_delays, was_spaced), (plain_fetches, _, _, _) = spaced, plain
+    print(f"\n300 records ~2 ms apart, the embedded fetcher spacing 50 ms: {spaced_fetches} fetch requests "
+          f"in {seconds:.2f} s, aiokafka's (5 ms wait) {plain_fetches}; delay max {max(spaced_delays) * 1000:.0f} ms")
+    assert was_spaced
+    assert spaced_fetches * 2 <= plain_fetches
+    assert spaced_fetches <= seconds / 0.05 + 15
+    assert max(spaced_delays) < 0.5
 
 
 def test_a_light_load_is_fetched_without_spacing(broker: EmbeddedBroker) -> None:
