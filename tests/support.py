@@ -36,6 +36,20 @@ MAX_OBJECT_BYTES = 256 * 1024
 MAX_PIXELS = 4_000_000
 
 
+def counting_requests(client: Any, kind: type) -> list[Any]:
+    """Each request of ``kind`` a Kafka client sends, as it leaves (its send, watched)."""
+    sent: list[Any] = []
+    send = client.send
+
+    async def watched(node_id: int, request: object, **kwargs: object) -> object:
+        if isinstance(request, kind):
+            sent.append(request)
+        return await send(node_id, request, **kwargs)
+
+    client.send = watched
+    return sent
+
+
 def samples_dir() -> Path:
     return Path(str(resources.files("streamapp").joinpath("assets", "samples")))
 

@@ -29,11 +29,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.fetch import FetchRequest
 
 from streamapp.embedded import tansu
 from streamapp.embedded.broker import EmbeddedBroker, topic_partitions
 from streamapp.embedded.process import ManagedProcess, free_port
 from streamapp.kafka import transport as kafka_transport
+from tests.support import counting_requests
 
 pytestmark = pytest.mark.integration
 
@@ -403,19 +405,11 @@ async def drain(bootstrap: str, topic: str, seconds: float, *, prepare: Callable
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         prepare(consumer)
-        asked: list[tuple[int, int]] = []
-        fetcher = consumer._fetcher
-        proc = fetcher._proc_fetch_request
-
-        async def counted(assignment: Any, node_id: int, request: Any) -> bool:
-            asked.append((request._min_bytes, request._max_wait_ms))
-            return await proc(assignment, node_id, request)
-
-        fetcher._proc_fetch_request = counted
+        fetches = counting_requests(consumer._client, FetchRequest)
         started, got = time.monotonic(), 0
         while got < BACKLOG and time.monotonic() - started < seconds:
             got += sum(len(records) for records in (await consumer.getmany(timeout_ms=200)).values())
-        return got, time.monotonic() - started, asked
+        return got, time.monotonic() - started, [(fetch._min_bytes, fetch._max_wait_ms) for fetch in fetches]
     finally:
         await consumer.stop()
 

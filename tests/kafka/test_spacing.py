@@ -22,6 +22,7 @@ from streamapp.embedded import tansu
 from streamapp.embedded.broker import EmbeddedBroker
 from streamapp.kafka import transport
 from streamapp.kafka.transport import SpacedRequestsProducer, space_fetches
+from tests.support import counting_requests
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +35,6 @@ def new_topic(broker: EmbeddedBroker) -> str:
     return topic
 
 
-def counting_requests(client: object, kind: type = ProduceRequest) -> list[float]:
-    """When each request of ``kind`` left: the client's send, watched."""
-    sent: list[float] = []
-    send = client.send  # type: ignore[attr-defined]
-
-    async def watched(node_id: int, request: object, **kwargs: object) -> object:
-        if isinstance(request, kind):
-            sent.append(time.monotonic())
-        return await send(node_id, request, **kwargs)
-
-    client.send = watched  # type: ignore[attr-defined]
-    return sent
-
-
 async def trickle(producer_class: type[AIOKafkaProducer], bootstrap: str, topic: str, *, linger_ms: int,
                   records: int = 96, gap: float = 0.005) -> int:
     """Produce requests for ``records`` sent ``gap`` apart, round the partitions; all acknowledged."""
@@ -55,7 +42,7 @@ async def trickle(producer_class: type[AIOKafkaProducer], bootstrap: str, topic:
     await producer.start()
     try:
         await producer.client.force_metadata_update()
-        sent = counting_requests(producer.client)
+        sent = counting_requests(producer.client, ProduceRequest)
         acks = []
         for index in range(records):
             acks.append(await producer.send(topic, b"%d" % index, partition=index % PARTITIONS))
@@ -89,7 +76,7 @@ def test_a_light_load_is_not_held(broker: EmbeddedBroker) -> None:
         await producer.start()
         try:
             await producer.client.force_metadata_update()
-            sent = counting_requests(producer.client)
+            sent = counting_requests(producer.client, ProduceRequest)
             waits = []
             for index in range(10):
                 start = time.monotonic()
