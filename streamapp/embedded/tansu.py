@@ -214,7 +214,7 @@ class TansuFetcher(kafka_transport.SpacedFetcher):
     idle_wait: IdleFetchWait
     #: seconds from one spaced fetch to the next (0: not spaced)
     spacing: float = 0.0
-    #: when the next fetch may be sent (time.monotonic()); 0: at once
+    #: when the next fetch may be sent (time.monotonic()); past: at once
     send_at: float = 0.0
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
@@ -229,7 +229,7 @@ class TansuFetcher(kafka_transport.SpacedFetcher):
         got_records = await super()._proc_fetch_request(assignment, node_id, request)
         wait_ms = self.idle_wait.after_fetch(bool(got_records))
         self._fetch_max_wait_ms = wait_ms
-        self.send_at = sent_at + self.spacing if self.spaced else 0.0
+        self.send_at = sent_at + self.spacing
         return got_records
 
     def hold_next(self, spacing: float) -> None:
