@@ -1,15 +1,16 @@
 """Score the bundled model on the held-out split and on the photo set.
 
-Reads: the held-out MNIST digits (:mod:`tools.mnist_data`), the photo set
+Reads: the held-out MNIST digits and MNIST's test file (:mod:`tools.mnist_data`), the photo set
 (:mod:`tools.photos`, generated in memory), the model (bundled, or ``--model``).
 Writes: a report on stdout.
 
     .venv/bin/python -m tools.evaluate            # ~2 min on 2 cores
     .venv/bin/python -m tools.evaluate --photos 300 --speed
 
-Three figures, each over every held-out digit:
+Four figures:
 
-* raw: the 28x28 arrays straight into the model;
+* raw: the held-out 28x28 arrays straight into the model;
+* MNIST test: MNIST's 10,000 test digits, raw (never trained on either);
 * plain through transform: each digit written as a 28x28 PNG and read back
   through ``to_tensor(mode="mnist")``, the path real uploads take;
 * photo set: one synthetic photograph per digit through the same path
@@ -78,6 +79,11 @@ def main() -> None:
     raw = model.predict(images)
     print(f"held-out accuracy, raw 28x28:                 {np.mean(raw == labels):.2%} "
           f"({np.sum(raw != labels)} wrong)")
+
+    test_images, test_labels = mnist_data.mnist_test()
+    test_raw = model.predict(test_images)
+    print(f"MNIST test file accuracy, raw 28x28:          {np.mean(test_raw == test_labels):.2%} "
+          f"({np.sum(test_raw != test_labels)} wrong of {len(test_labels)})")
 
     tensors = np.stack([to_tensor(png_bytes(image), mode="mnist") for image in images])
     plain = model.predict(tensors)
