@@ -989,6 +989,11 @@ _SHEET_THIN = np.ones((7, 7), np.uint8)
 #: near the frame's edge the table may be thinner than that: there the
 #: picture's own edges count (a line or stroke that ends there encloses nothing)
 _SHEET_BAND = 6
+#: a sheet's outline is a quadrilateral: its hull, simplified to within this
+#: share of its length, keeps at most 4 corners inside the frame; a thick
+#: chalk digit's light blob on a dark board keeps 6-8 (its rounded strokes)
+_SHEET_CORNERS_TOLERANCE = 0.03
+_SHEET_CORNERS = 4
 
 
 def _log_gradient(image: np.ndarray) -> np.ndarray:
@@ -1013,8 +1018,8 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     split the frame into regions; the sheet is the brightest large one, its
     holes (what is written on it) filled. A shadow's soft border splits
     nothing, so a shadow is never taken for the sheet's edge. Accepted when
-    it covers 12-93% of the frame, is convex (a quadrilateral, maybe cut by
-    the frame) and clearly brighter than the rest.
+    it covers 12-93% of the frame, is convex, a quadrilateral maybe cut by
+    the frame (:func:`_corners_inside`), and clearly brighter than the rest.
     """
     height, width = image.shape[:2]
     scale = _SHEET_SIDE / max(height, width)
@@ -1038,13 +1043,22 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     if not 0.12 <= sheet.mean() <= 0.93:
         return None
     outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.contourArea(cv2.convexHull(max(outline, key=cv2.contourArea)))
-    if sheet.sum() < 0.9 * hull:
+    hull = cv2.convexHull(max(outline, key=cv2.contourArea))
+    if sheet.sum() < 0.9 * cv2.contourArea(hull) or _corners_inside(hull, sheet.shape) > _SHEET_CORNERS:
         return None
     if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
         return None
     return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
 
+
+
+def _corners_inside(hull: np.ndarray, shape: tuple[int, ...]) -> int:
+    """Corners of ``hull`` (simplified by :data:`_SHEET_CORNERS_TOLERANCE`)
+    clear of the frame's edge: where the frame cuts a sheet, it adds corners of its own."""
+    corners = cv2.approxPolyDP(hull, _SHEET_CORNERS_TOLERANCE * cv2.arcLength(hull, True), True)[:, 0, :]
+    height, width = shape[:2]
+    xs, ys = corners[:, 0], corners[:, 1]
+    return int(np.sum((xs > 2) & (xs < width - 3) & (ys > 2) & (ys < height - 3)))
 
 
 def _on_sheet(image: np.ndarray, sheet: np.ndarray) -> np.ndarray:

@@ -66,6 +66,24 @@ def test_paper_all_over_and_a_scrap_on_the_table_are_no_sheet():
     assert find_sheet((_on_table(corners=scrap) * 255).astype(np.uint8)) is None
 
 
+def test_a_sheet_cut_by_the_frame_is_a_sheet():
+    # a quadrilateral running off two sides: the frame adds corners of its own
+    corners = np.array([[300, -200], [1300, 100], [1100, 1000], [200, 600]], np.int32)
+    assert find_sheet((_on_table(corners=corners) * 255).astype(np.uint8)) is not None
+
+
+def test_a_thick_light_digit_on_a_dark_board_is_no_sheet():
+    """Chalk: a light blob, brighter than the board, its edges sharp, its loop
+    filled: convex and a third of the frame. Its rounded outline has more
+    than a quadrilateral's 4 corners (_SHEET_CORNERS), so the whole frame is read."""
+    board = np.full((768, 1024), 0.2, np.float32)
+    cv2.ellipse(board, (512, 384), (180, 300), 10, 0, 360, 0.85, 90, cv2.LINE_AA)
+    image = (board * 255).astype(np.uint8)
+    assert find_sheet(image) is None
+    tensor = to_tensor(encode(image))
+    assert tensor[13:15, 13:15].max() < 0.1 and tensor.max() > 0.9  # a 0: ink around, none in its middle
+
+
 def test_a_small_picture_is_not_searched():
     assert find_sheet(np.full((120, 160), 128, np.uint8)) is None
 
