@@ -790,9 +790,13 @@ def without_clutter(ink: np.ndarray, level: float, page: np.ndarray | None = Non
 _PAGE_RIM = np.ones((9, 9), np.uint8)
 
 #: strong ink, for :func:`_held_inside`: at least this share of the strongest;
-#: what joins it to the frame's edge is a line when no wider than this (px)
+#: what joins it to the frame's edge is a line when no wider than this (px),
+#: or than this share of the strong ink's own strokes (a marker's digit on
+#: ruled paper: lines of 7-9 px against strokes of 50; a shadow joining a
+#: marker's 0 to the edge measured half as wide as its strokes)
 _STRONG = 0.4
 _THIN_JOINT = 4.0
+_THIN_JOINT_SHARE = 0.25
 
 
 def _held_inside(
@@ -819,9 +823,10 @@ def _held_inside(
     # and what joins it to the edge is thin, as a ruled line is: a pen's
     # end or a shadow fading into the light is as wide as the rest of it
     joint = reaching & ~cv2.dilate(strong, _SQUARE5).astype(bool)
-    if stroke_width(joint) > _THIN_JOINT:
+    held = _labelled(labels, np.flatnonzero(clear) + 1)
+    if stroke_width(joint) > max(_THIN_JOINT, _THIN_JOINT_SHARE * stroke_width(held)):
         return None
-    return _labelled(labels, np.flatnonzero(clear) + 1), (left[clear], top[clear], right[clear], bottom[clear])
+    return held, (left[clear], top[clear], right[clear], bottom[clear])
 
 
 #: a pen lying in view: a straight bar (its pixels fill this share of their

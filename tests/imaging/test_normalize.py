@@ -349,6 +349,27 @@ def test_a_digit_joined_to_the_edge_by_a_faint_line_is_not_clutter():
     assert normalize.without_clutter(band, 0.06)[200:400, 300:500].max() <= 0
 
 
+def test_a_markers_digit_joined_to_the_edge_by_lines_far_thinner_than_its_strokes_is_not_clutter():
+    """_THIN_JOINT_SHARE: a marker's strokes (48 px) on ruled paper whose
+    lines (8 px: wider than _THIN_JOINT, but a sixth of the strokes) run
+    through the digit to the frame's edges: the digit stays. Joined by a band
+    half as wide as its strokes (a shadow's border), it entered the frame."""
+    from streamapp.imaging import normalize
+    from tests.imaging.drawing import seven
+
+    def scene(joint: int) -> np.ndarray:
+        ink = np.zeros((800, 1000), np.float32)
+        ink[396 - joint // 2 : 396 + (joint + 1) // 2, :] = 0.12  # the line, edge to edge
+        ink[220:580, 320:680] = np.maximum(ink[220:580, 320:680], 0.9 * seven(360, 48))
+        ink[620:630, 760:770] = 0.9  # a speck clear of the edges
+        return ink
+
+    digit = seven(360, 48) > 0.5
+    lined = scene(8)
+    assert np.array_equal(normalize.without_clutter(lined, 0.06)[220:580, 320:680][digit], lined[220:580, 320:680][digit])
+    assert normalize.without_clutter(scene(24), 0.06)[220:580, 320:680].max() <= 0
+
+
 def test_a_pen_entering_a_sheet_from_its_edge_is_clutter_on_the_sheet():
     """A sheet lying on a table, cropped to its box: a pen lies across the
     sheet's edge, which is inside the frame. On the sheet, that edge is an
