@@ -397,13 +397,24 @@ def ink_image(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
         if shade is not None:  # light multiplies the paper: divided out, shadows and all
             return 1.0 - gray / shade
     ink, small = (gray, small) if light else (1.0 - gray, 1.0 - small)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
     # the light keeps its slope past the edge (odd reflection: 2 * edge - mirror);
     # with a flat or mirrored border the opening clips a vignette's rise at the
     # edge, and the clipped part would look like a stroke along the border
     padded = np.pad(small, _PAD, mode="reflect", reflect_type="odd") if shrunk and min(small.shape) > _PAD else small
-    # opening = min then max filter: drops strokes thinner than the kernel
-    background = cv2.morphologyEx(padded, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REPLICATE)
+    background = _opened(padded, _OPENING)
+    if light:
+        # a chalk digit filling the frame holds the opening's disk where its
+        # thick strokes meet: the "board" found there is the strokes themselves,
+        # and the digit would be hollowed. The board rises at most a share of
+        # the chalk's contrast above what a wider disk finds: light on the
+        # board is wide and soft, and stays.
+        board = quantiles.median(small)
+        # the chalk's level at full size: a small digit's fades on the 64 px copy
+        rise = _LIGHT_BOARD * (_kth_largest(ink) - board)
+        # the wider disk on a half-size copy: a reference, a quarter of the cost
+        half = cv2.resize(padded, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        wider = cv2.resize(_opened(half, _OPENING), (padded.shape[1], padded.shape[0]), interpolation=cv2.INTER_LINEAR)
+        background = np.minimum(background, wider + rise)
     background = cv2.GaussianBlur(background, (0, 0), 3.0)
     if padded is not small:
         background = background[_PAD:-_PAD, _PAD:-_PAD]
@@ -412,6 +423,19 @@ def ink_image(gray: np.ndarray, light: bool | None = None) -> np.ndarray:
 
 #: margin for the background estimate: the opening's radius plus the blur's reach
 _PAD = 16
+#: the opening that finds the paper under the strokes on the 64 px copy (px);
+#: the same on a 32 px copy is the wider one, which thick chalk strokes
+#: cannot hold (:func:`ink_image`)
+_OPENING = 15
+#: light ink's board rises at most this share of the chalk's contrast (its
+#: level above the board's median) above what the wider opening finds
+_LIGHT_BOARD = 0.3
+
+
+def _opened(image: np.ndarray, size: int) -> np.ndarray:
+    """Grey opening (min then max filter) by a disk ``size`` px wide: drops strokes thinner than it."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    return cv2.morphologyEx(image, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REPLICATE)
 
 
 #: a ruled or grid line runs across at least this share of the image; a digit's

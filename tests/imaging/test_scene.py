@@ -242,6 +242,41 @@ def test_chalk_under_a_lamps_glare_stays_light_ink():
         assert normalize.light_ink(board)
 
 
+def _chalk_four(size: int, thickness: int) -> np.ndarray:
+    """A "4" drawn with a stick of chalk ``thickness`` px wide, white on black."""
+    ink = np.zeros((size, size), np.uint8)
+    points = (np.array([[0.62, 0.92], [0.62, 0.08], [0.12, 0.64], [0.88, 0.64]]) * size).astype(np.int32)
+    cv2.polylines(ink, [points], False, 255, thickness, cv2.LINE_AA)
+    return ink.astype(np.float32) / 255
+
+
+def test_a_chalk_digit_filling_the_frame_is_not_hollowed():
+    """Strokes so thick (70 of 420 px) that the opening's disk (_OPENING on
+    the 64 px copy) fits where they meet: the board found there is the chalk,
+    and the digit's middle was lost (ink 0.1 against 0.56); _LIGHT_BOARD keeps it."""
+    chalk = _chalk_four(420, 70)
+    board = (0.15 + 0.6 * chalk).astype(np.float32)
+    ink = normalize.ink_image(board, light=True)
+    strokes = chalk > 0.9
+    inner = cv2.erode(strokes.view(np.uint8), np.ones((31, 31), np.uint8)).astype(bool)  # where they are thickest
+    assert ink[inner].min() > 0.6 * np.percentile(ink[strokes], 90)
+    tensor = to_tensor(encode(board))
+    assert (tensor > 0.5).sum() > 0.9 * (cv2.resize(chalk, (20, 20), interpolation=cv2.INTER_AREA) > 0.5).sum()
+
+
+def test_a_lamps_soft_light_on_the_board_stays_board_beside_thick_chalk():
+    """_LIGHT_BOARD caps the board's rise above what the wider opening finds,
+    not above the board's median: a lamp's light (0.4 over a 0.15 board,
+    wider than that disk) keeps the opening's own small residue, and is no chalk."""
+    ys, xs = np.mgrid[0:600, 0:1000].astype(np.float32)
+    chalk = np.zeros((600, 1000), np.float32)
+    chalk[150:450, 600:900] = _chalk_four(300, 40)
+    light = 0.4 * np.exp(-((xs - 250) ** 2 + (ys - 300) ** 2) / (2 * 150**2))
+    ink = normalize.ink_image((0.15 + light + 0.6 * chalk).astype(np.float32), light=True)
+    assert ink[250:350, 200:300].max() < 0.15
+    assert ink[chalk > 0.9].min() > 0.45
+
+
 def test_a_pencil_digit_half_in_a_deep_shadow_is_read_not_refused(reference):
     gray, _ = _shadowed(0.6, soft=30.0)
     digit = _digit_on(np.full((600, 800), 0.9, np.float32), size=160, at=(220, 300), pen=0.45)
