@@ -848,7 +848,9 @@ def _held_inside(
     # end or a shadow fading into the light is as wide as the rest of it
     joint = reaching & ~cv2.dilate(strong, _SQUARE5).astype(bool)
     held = _labelled(labels, np.flatnonzero(clear) + 1)
-    if stroke_width(joint) > max(_THIN_JOINT, _THIN_JOINT_SHARE * stroke_width(held)):
+    joint_width = stroke_width(joint)
+    # the strong ink's own width only when asked: measuring it costs a pass over the frame
+    if joint_width > _THIN_JOINT and joint_width > _THIN_JOINT_SHARE * stroke_width(held):
         return None
     return held, (left[clear], top[clear], right[clear], bottom[clear])
 
