@@ -748,6 +748,10 @@ FAINTEST_INK = 0.03
 EMPTY_NOISE = 8.0
 
 
+#: a picture with nothing standing out of its grain pixel by pixel is looked
+#: at again with the grain averaged over this many px (sigma, working size)
+_GRAIN_BLUR = 2.0
+
 #: a digit photographed with room around it spans less than this share of the
 #: frame's shorter side; ink that reaches the frame's edge is then not the digit
 _ROOM = 0.6
@@ -1141,10 +1145,16 @@ def normalize_mnist(gray: np.ndarray, light: bool | None = None, page: np.ndarra
         mask, floor, level = digit_mask(cleaned, page)
         ink = cleaned
     except EmptyImage:
-        if cleaned is ink:
-            raise
-        # the "lines" were all the ink there is: a thin 1 drawn edge to edge
-        mask, floor, level = digit_mask(ink, page)
+        try:
+            if cleaned is ink:
+                raise
+            # the "lines" were all the ink there is: a thin 1 drawn edge to edge
+            mask, floor, level = digit_mask(ink, page)
+        except EmptyImage:
+            # faint pencil on grainy paper: no pixel stands out of the grain,
+            # but a stroke does, once the grain is averaged along it
+            ink = cv2.GaussianBlur(cleaned, (0, 0), _GRAIN_BLUR)
+            mask, floor, level = digit_mask(ink, page)
     left, top, across, down = cv2.boundingRect(mask.view(np.uint8))  # the bool mask's bytes, not copied
     scale = 20.0 / max(across, down)
     width = stroke_width(_around(mask, (left, top, across, down), 1))

@@ -293,6 +293,23 @@ def test_below_the_faintest_ink_is_empty(mnist_held_out):
             to_tensor(data)
 
 
+def test_faint_pencil_on_grainy_paper_is_read_and_grain_alone_is_empty():
+    """_GRAIN_BLUR: recycled paper's grain (6% per pixel) hides a pencil 3 of
+    6% contrast pixel by pixel (refused before, as was one of 15%); averaged
+    along its strokes it stands out, and reads as the digit. The same grain
+    with no digit stays empty."""
+    from tests.imaging.drawing import glyph
+
+    pencil = np.zeros((600, 800), np.float32)
+    pencil[150:450, 250:550] = glyph("3", size=300, thickness=10)
+    clean = to_tensor(encode(1 - 0.9 * pencil))
+    for seed in range(3):
+        grain = np.random.default_rng(seed).normal(0, 0.06, pencil.shape).astype(np.float32)
+        assert similar(to_tensor(encode(np.clip(0.8 - 0.06 * pencil + grain, 0, 1))), clean, 0.95)
+        with pytest.raises(EmptyImage, match="no ink"):
+            to_tensor(encode(np.clip(0.8 + grain, 0, 1)))
+
+
 def test_faint_coloured_ink_on_tinted_paper_is_read(mnist_held_out, model):
     """Blue ballpoint at a quarter of its strength on cream paper: 14% in
     luminance, and darker still in the red channel it darkens most."""
