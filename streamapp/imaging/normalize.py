@@ -1141,20 +1141,20 @@ def normalize_mnist(gray: np.ndarray, light: bool | None = None, page: np.ndarra
         page = cv2.resize(page.view(np.uint8), (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     ink = ink_image(gray, light)
     cleaned = without_lines(ink, page)
-    try:
-        mask, floor, level = digit_mask(cleaned, page)
-        ink = cleaned
-    except EmptyImage:
+    # without the lines; else with them (the "lines" were all the ink there is:
+    # a thin 1 drawn edge to edge)
+    for reading in (cleaned,) if cleaned is ink else (cleaned, ink):
         try:
-            if cleaned is ink:
-                raise
-            # the "lines" were all the ink there is: a thin 1 drawn edge to edge
-            mask, floor, level = digit_mask(ink, page)
+            mask, floor, level = digit_mask(reading, page)
+            ink = reading
+            break
         except EmptyImage:
-            # faint pencil on grainy paper: no pixel stands out of the grain,
-            # but a stroke does, once the grain is averaged along it
-            ink = cv2.GaussianBlur(cleaned, (0, 0), _GRAIN_BLUR)
-            mask, floor, level = digit_mask(ink, page)
+            pass
+    else:
+        # faint pencil on grainy paper: no pixel stands out of the grain,
+        # but a stroke does, once the grain is averaged along it
+        ink = cv2.GaussianBlur(cleaned, (0, 0), _GRAIN_BLUR)
+        mask, floor, level = digit_mask(ink, page)
     left, top, across, down = cv2.boundingRect(mask.view(np.uint8))  # the bool mask's bytes, not copied
     scale = 20.0 / max(across, down)
     width = stroke_width(_around(mask, (left, top, across, down), 1))
