@@ -8,7 +8,7 @@ into float32 weights plus a JSON ``meta`` entry, in the layout
 :mod:`streamapp.serving.model` reads.
 
     .venv/bin/pip install torch==2.13.0        # the ``train`` extra
-    .venv/bin/python -m tools.train_digits     # the bundled model; ~50 min on 2 shared cores
+    .venv/bin/python -m tools.train_digits     # the bundled model; ~32 min on 2 shared cores
     .venv/bin/python -m tools.train_digits --dev --nets 1 --epochs 10   # recipe work
 
 Recipe: each net is a small VGG-style CNN (2x conv3x3 + BN + ReLU, maxpool,
@@ -325,12 +325,13 @@ def main() -> None:
     # score the numpy model on the held-out split once, and check it matches torch
     held_x, held_y = images[parts.held_out], labels[parts.held_out]
     write_npz(args.out, {**arrays, "meta": np.array(json.dumps(meta))})
-    numpy_probs = DigitModel.load(args.out).predict_proba(held_x)
+    exported = DigitModel.load(args.out)
+    numpy_probs = exported.predict_proba(held_x)
     parity = float(np.abs(numpy_probs - torch_proba(states, cfg, held_x)).max())
     accuracy = float((numpy_probs.argmax(1) == held_y).mean())
     single = [float((torch_proba([s], cfg, held_x).argmax(1) == held_y).mean()) for s in states]
     test_x, test_y = mnist_data.mnist_test()
-    test_accuracy = float((DigitModel.load(args.out).predict(test_x) == test_y).mean())
+    test_accuracy = float((exported.predict(test_x) == test_y).mean())
     meta["held_out_accuracy"] = round(accuracy, 5)
     meta["held_out_accuracy_per_net"] = [round(a, 5) for a in single]
     meta["mnist_test_accuracy"] = round(test_accuracy, 5)
