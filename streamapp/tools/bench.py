@@ -111,10 +111,11 @@ class Image:
 
 
 class Bench:
-    def __init__(self, stack: Stack, samples: list[bytes], *, profile_dir: Path | None = None) -> None:
+    def __init__(self, stack: Stack, samples: list[bytes], *, profile_dir: Path | None = None,
+                 profile_rate: int = 100) -> None:
         self.stack = stack
         self.samples = samples
-        self.profile_dir = profile_dir
+        self.profile_dir, self.profile_rate = profile_dir, profile_rate
         env = stack.client_env()
         self.env = env
         self.bucket = stack.config.input_bucket
@@ -273,7 +274,7 @@ class Bench:
             sampler = None
             if self.profile_dir is not None:
                 pids = {f"worker-{i}": p.pid for i, p in self.stack.workers.items() if p.pid is not None}
-                sampler = profiling.enter_context(Sampler(pids, self.profile_dir))
+                sampler = profiling.enter_context(Sampler(pids, self.profile_dir, rate=self.profile_rate))
             cpu_before = cpu_now(self.stack)
             first_sent = None
             for image in images:
@@ -501,7 +502,7 @@ def table(results: dict[str, Any]) -> str:
 
 async def run(stack: Stack, args: argparse.Namespace, samples: list[bytes]) -> dict[str, Any]:
     use_one_thread()  # the baseline and the direct peer transform here, set up as the worker's
-    async with Bench(stack, samples, profile_dir=args.profile) as bench:
+    async with Bench(stack, samples, profile_dir=args.profile, profile_rate=args.profile_rate) as bench:
         results: dict[str, Any] = {}
         say("== startup")
         results["startup"] = await bench.startup()
@@ -593,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the workers with py-spy during the throughput run (raw stacks in DIR); "
                              "the table then shows where their CPU went (figures of a profiled run are not of record)")
+    parser.add_argument("--profile-rate", type=int, default=100, metavar="HZ",
+                        help="py-spy's samples a second with --profile; a short run needs more (default %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="STREAMAPP_X=V", help="a worker setting")
     parser.add_argument("--only", choices=("pipeline", "state"),
                         help="one section: pipeline (startup .. predictor) or state (streamapp.tools.bench_state); default both")

@@ -418,13 +418,18 @@ def test_a_fetch_held_for_bytes_comes_back_empty_while_a_backlog_waits(broker: E
     """h., the fault: Tansu answers a fetch whose minimum bytes it cannot meet
     with no records, fetch after fetch, though a backlog waits (the stall of
     the pipeline under load; a broker that answers with what it has at the
-    end of the wait, as Kafka does, fails this test: then h. can go)."""
+    end of the wait, as Kafka does, fails this test: then h. can go).
+
+    How much gets through varies with the broker's speed (none of 20,000 in
+    most runs, a quarter in one CI run), so the test holds only what Kafka's
+    answer rules out: a backlog of 20 MB, up to 8 MB a fetch, still not read
+    after ten fetches or more."""
     topic = fill_backlog(broker)
     got, seconds, asked = asyncio.run(drain(broker.bootstrap, topic, 3.0, prepare=lambda consumer: None,
                                             fetch_min_bytes=50 * 1024 * 1024, fetch_max_wait_ms=30))
     print(f"\nheld for 50 MB, 30 ms wait: {got} of {BACKLOG} records in {seconds:.1f} s, {len(asked)} fetches")
     assert len(asked) >= 10
-    assert got < BACKLOG // 10
+    assert got < BACKLOG
 
 
 def test_a_busy_tansu_fetcher_spaces_its_fetches_itself_and_takes_a_backlog(broker: EmbeddedBroker) -> None:

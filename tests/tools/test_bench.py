@@ -18,7 +18,7 @@ def test_bench_reports_every_figure(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "streamapp", "bench", "--images", "40", "--rate", "20", "--latency-seconds", "1",
          "--baseline-images", "10", "--rounds", "2", "--predictor-seconds", "0.2", "--data-dir", str(tmp_path / "stack"),
-         "--entries", "0,3000", "--profile", str(tmp_path / "profile"), "--json", str(out)],
+         "--entries", "0,3000", "--profile", str(tmp_path / "profile"), "--profile-rate", "1000", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
