@@ -1029,6 +1029,52 @@ _SHEET_BAND = 6
 #: chalk digit's light blob on a dark board keeps 6-8 (its rounded strokes)
 _SHEET_CORNERS_TOLERANCE = 0.03
 _SHEET_CORNERS = 4
+#: regions of the frame from this share on may be the sheet: a sticky note
+#: is 1-10% of a phone's photo of the desk it lies on
+_SHEET_REGION = 0.01
+#: from this share on, a sheet is the brightest large region: paper on a
+#: darker table. A smaller one (a sticky note: pink or blue ones are darker
+#: than a light desk) must lie whole in the frame (a corner of the table past
+#: a sheet's edge, cut by the frame, is a quadrilateral too) and have writing
+#: on it (a blank scrap, a phone, an eraser have none)
+_SHEET_SMALL = 0.12
+#: regions tried, brightest first
+_SHEET_TRIED = 6
+#: writing: the log of the brightness lifted by this much by the closing that
+#: takes the strokes away, over this many connected pixels of the 256 px copy
+#: (a pen's stroke; paper's or wood's grain lifts specks of a pixel or two)
+_SHEET_WRITING = 0.1
+_SHEET_WRITTEN = 8
+#: a small sheet is a note or a card: at most this much longer than wide,
+#: what is written on it spanning this share of its shorter side
+_NOTE_ASPECT = 2.5
+_NOTE_WRITING_SPAN = 0.3
+
+
+def _note_shaped(sheet: np.ndarray) -> float | None:
+    """A small sheet's shorter side (px), when it is no longer than :data:`_NOTE_ASPECT` times that:
+    a stroke of a thick 1 or a chalk 1 is a convex quadrilateral too, but a long one."""
+    outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    sides = cv2.minAreaRect(max(outline, key=cv2.contourArea))[1]
+    return min(sides) if max(sides) <= _NOTE_ASPECT * min(sides) else None
+
+
+def _written_on(small: np.ndarray, closed: np.ndarray, sheet: np.ndarray, side: float) -> bool:
+    """Whether something is written on ``sheet`` (clear of its rim): dark
+    strokes the closing took away, spanning :data:`_NOTE_WRITING_SPAN` of its ``side``."""
+    inside = cv2.erode(sheet, _SQUARE3, iterations=2).astype(bool)
+    lifted = np.log(np.clip(closed, 1 / 255, 1)) - np.log(np.clip(small, 1 / 255, 1))
+    _, _, stats, _ = _components(((lifted > _SHEET_WRITING) & inside).astype(np.uint8))
+    stats = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= _SHEET_WRITTEN]
+    span = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    return bool(span.max(initial=0) >= _NOTE_WRITING_SPAN * side)
+
+
+def _sheet_shaped(sheet: np.ndarray) -> bool:
+    """Convex and a quadrilateral, maybe cut by the frame (:func:`_corners_inside`)."""
+    outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(max(outline, key=cv2.contourArea))
+    return sheet.sum() >= 0.9 * cv2.contourArea(hull) and _corners_inside(hull, sheet.shape) <= _SHEET_CORNERS
 
 
 def _log_gradient(image: np.ndarray) -> np.ndarray:
@@ -1050,11 +1096,13 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     inside the frame): a 0/1 float32 mask at the image's size, or None.
 
     On a 256 px copy of the brightness, sharp edges (:data:`_SHEET_EDGE`)
-    split the frame into regions; the sheet is the brightest large one, its
-    holes (what is written on it) filled. A shadow's soft border splits
-    nothing, so a shadow is never taken for the sheet's edge. Accepted when
-    it covers 12-93% of the frame, is convex, a quadrilateral maybe cut by
-    the frame (:func:`_corners_inside`), and clearly brighter than the rest.
+    split the frame into regions; the sheet is the brightest of them, its
+    holes (what is written on it) filled, that is convex and a quadrilateral
+    maybe cut by the frame (:func:`_sheet_shaped`) and covers at most 93% of
+    the frame. Covering 12% or more, it must be clearly brighter than the
+    rest; a smaller one (a sticky note) must lie whole in the frame with writing
+    on it (:data:`_SHEET_SMALL`). A shadow's soft border splits nothing, so a
+    shadow is never taken for the sheet's edge.
     """
     height, width = image.shape[:2]
     scale = _SHEET_SIDE / max(height, width)
@@ -1070,21 +1118,27 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     edges |= band & (_log_gradient(small) > _SHEET_EDGE)
     regions = 1 - cv2.dilate(edges.astype(np.uint8), _SQUARE3)
     _, labels, stats, _ = _components(regions, connectivity=4)
-    large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.08 * small.size) + 1
+    large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= _SHEET_REGION * small.size) + 1
     if len(large) < 2:
         return None  # one region: paper (or board) all over, whatever its shadows
-    brightest = large[int(np.argmax([quantiles.median(closed[labels == label]) for label in large]))]
-    sheet = _filled((labels == brightest).astype(np.uint8))
-    if not 0.12 <= sheet.mean() <= 0.93:
-        return None
-    outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.convexHull(max(outline, key=cv2.contourArea))
-    if sheet.sum() < 0.9 * cv2.contourArea(hull) or _corners_inside(hull, sheet.shape) > _SHEET_CORNERS:
-        return None
-    if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
+    shades = {int(label): quantiles.median(closed[labels == label]) for label in large}
+    for label in sorted(shades, key=shades.__getitem__, reverse=True)[:_SHEET_TRIED]:
+        sheet = _filled((labels == label).astype(np.uint8))
+        share = sheet.mean()
+        if share > 0.93 or not _sheet_shaped(sheet):
+            continue
+        if share >= _SHEET_SMALL:
+            if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
+                return None
+            break
+        left, top, across, down = stats[label, :4]
+        whole = left > 0 and top > 0 and left + across < sheet.shape[1] and top + down < sheet.shape[0]
+        side = _note_shaped(sheet) if whole else None
+        if side is not None and _written_on(small, closed, sheet, side):
+            break
+    else:
         return None
     return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
-
 
 
 def _corners_inside(hull: np.ndarray, shape: tuple[int, ...]) -> int:

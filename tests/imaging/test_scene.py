@@ -96,6 +96,66 @@ def test_a_small_digit_on_a_sheet_on_a_dark_table_is_dark_ink(reference):
     assert similar(to_tensor(data), reference, 0.9)
 
 
+#: a sticky note, 4% of the frame, lying whole on the desk
+_NOTE = np.array([[600, 300], [780, 285], [795, 460], [615, 475]], np.int32)
+
+
+def _note_on_desk(desk, note, written: bool = True) -> np.ndarray:
+    """BGR float32: a sticky note on a plain desk, a "4" on it, and a pen on
+    the desk, longer and darker than the digit, that a read of the whole
+    frame takes for ink."""
+    frame = np.full((768, 1024, 3), desk, np.float32)
+    cv2.fillPoly(frame, [_NOTE], note, cv2.LINE_AA)
+    cv2.line(frame, (100, 650), (420, 560), (0.12, 0.12, 0.12), 14, cv2.LINE_AA)
+    if written:
+        alpha = np.zeros(frame.shape[:2], np.float32)
+        alpha[330:440, 640:750] = glyph(size=110)
+        frame = frame * (1 - alpha[..., None]) + 0.15 * alpha[..., None]
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("desk", "note"),
+    [((0.86, 0.86, 0.86), (0.55, 0.45, 0.90)),  # a pink note, darker than a light grey desk
+     ((0.25, 0.40, 0.55), (0.55, 0.92, 0.95))],  # a yellow note, lighter than a wooden one
+)
+def test_a_sticky_note_on_a_desk_is_a_sheet_lighter_or_darker_than_the_desk(desk, note, reference):
+    image = _note_on_desk(desk, note)
+    sheet = find_sheet((image * 255).astype(np.uint8))
+    assert sheet is not None
+    inside = np.zeros(sheet.shape, np.uint8)
+    cv2.fillPoly(inside, [_NOTE], 1)
+    # the note less a rim (the edge's width on the 256 px copy), the digit on it, none of the desk
+    assert sheet[inside == 1].mean() > 0.75 and sheet[330:440, 640:750].all() and sheet[inside == 0].mean() < 0.01
+    assert similar(to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))), reference, 0.9)
+
+
+def test_a_small_sheet_needs_writing_on_it_and_all_of_it_in_the_frame():
+    # blank, the note is a scrap on the desk
+    assert find_sheet((_note_on_desk((0.86, 0.86, 0.86), (0.55, 0.45, 0.90), written=False) * 255).astype(np.uint8)) is None
+    # a sheet filling the frame, past a corner of it a wooden table with its
+    # grain: that corner is a small quadrilateral with marks in it, cut by the frame
+    frame = np.full((768, 1024), 0.88, np.float32)
+    corner = np.array([[1023, 560], [1023, 767], [760, 767]], np.int32)
+    cv2.fillPoly(frame, [corner], 0.35, cv2.LINE_AA)
+    for x in range(880, 1024, 24):
+        cv2.line(frame, (x, 740), (x + 60, 700), 0.2, 2)
+    frame[np.array(cv2.fillPoly(np.zeros(frame.shape, np.uint8), [corner], 1)) == 0] = 0.88
+    assert find_sheet((_digit_on(frame) * 255).astype(np.uint8)) is None
+
+
+def test_a_thick_grainy_stroke_is_no_small_sheet():
+    """A chalk 1 on a board: a light, convex quadrilateral, whole in the
+    frame, with the chalk's grain on it; but five times as long as wide, and
+    its marks specks, not writing across it."""
+    board = np.full((768, 1024), 0.2, np.float32)
+    stroke = cv2.boxPoints(((512, 384), (70, 360), 12)).astype(np.int32)
+    cv2.fillPoly(board, [stroke], 0.85, cv2.LINE_AA)
+    grain = np.random.default_rng(7).random(board.shape) < 0.004
+    board[cv2.dilate(grain.astype(np.uint8), np.ones((6, 6), np.uint8)).astype(bool) & (board > 0.5)] = 0.3
+    assert find_sheet((board * 255).astype(np.uint8)) is None
+
+
 def test_with_no_ink_on_the_sheet_the_whole_frame_is_read(monkeypatch, reference):
     # a "sheet" found where nothing is written (the digit lies past it): the frame is read as before
     image = _digit_on(np.full((768, 1024), 0.88, np.float32), size=110, at=(300, 700))
