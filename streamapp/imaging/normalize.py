@@ -1049,6 +1049,10 @@ _SHEET_WRITTEN = 8
 #: what is written on it spanning this share of its shorter side
 _NOTE_ASPECT = 2.5
 _NOTE_WRITING_SPAN = 0.3
+#: and it is paper: its median at least this share of the frame's light
+#: (its 95th percentile); the hole in a chalk 2's loop is the board's dark,
+#: a phone's screen darker still
+_NOTE_PAPER = 0.35
 
 
 def _note_shaped(sheet: np.ndarray) -> float | None:
@@ -1070,6 +1074,12 @@ def _written_on(small: np.ndarray, closed: np.ndarray, sheet: np.ndarray, side: 
     return bool(span.max(initial=0) >= _NOTE_WRITING_SPAN * side)
 
 
+def _papery(small: np.ndarray, sheet: np.ndarray) -> bool:
+    """Whether the small ``sheet`` is as light as paper in this frame
+    (:data:`_NOTE_PAPER`): a dark phone with light marks on its screen is not."""
+    return quantiles.median(small[sheet == 1]) >= _NOTE_PAPER * float(np.percentile(small, 95))
+
+
 def _sheet_shaped(sheet: np.ndarray) -> bool:
     """Convex and a quadrilateral, maybe cut by the frame (:func:`_corners_inside`)."""
     outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -1081,7 +1091,8 @@ def _log_gradient(image: np.ndarray) -> np.ndarray:
     """How much the log of the brightness changes per pixel: light multiplies,
     so an edge's strength does not depend on how bright the light is there."""
     log = np.log(np.clip(image, 1.0 / 255, 1.0))
-    return cv2.magnitude(cv2.Sobel(log, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(log, cv2.CV_32F, 0, 1, ksize=3)) / 8
+    gradient = cv2.magnitude(cv2.Sobel(log, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(log, cv2.CV_32F, 0, 1, ksize=3)) / 8
+    return gradient if gradient.ndim == 2 else gradient.max(axis=2)
 
 
 def _filled(region: np.ndarray) -> np.ndarray:
@@ -1109,13 +1120,33 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     if max(height, width) < _SCENE_SIDE or min(height, width) * scale < 4 * _SHEET_BAND:
         return None
     # shrunk first, then to gray: the cheaper order for a big photo
-    small = _shrunk(image, _SHEET_SIDE)
-    small = _unit_scale(small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+    colour = _unit_scale(_shrunk(image, _SHEET_SIDE))
+    small = colour if colour.ndim == 2 else cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
     closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, _SHEET_THIN)
+    sheet = _sheet_among(_sheet_edges(small, closed), small, closed)
+    if sheet is None and colour.ndim == 3:
+        # a note in colour: a pink one on a grey desk differs in hue more than
+        # in brightness. Notes only: a board's wooden frame, split from the
+        # wall by its colour, would leave the wall a sheet with nothing on it
+        edges = _sheet_edges(colour, cv2.morphologyEx(colour, cv2.MORPH_CLOSE, _SHEET_THIN))
+        sheet = _sheet_among(edges, small, closed, notes_only=True)
+    if sheet is None:
+        return None
+    return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def _sheet_edges(image: np.ndarray, closed: np.ndarray) -> np.ndarray:
+    """Sharp edges (:data:`_SHEET_EDGE`) of ``closed`` (``image`` without its
+    strokes), and of ``image`` itself near the frame's edge (:data:`_SHEET_BAND`)."""
     edges = _log_gradient(closed) > _SHEET_EDGE
     band = np.ones(edges.shape, bool)
     band[_SHEET_BAND:-_SHEET_BAND, _SHEET_BAND:-_SHEET_BAND] = False
-    edges |= band & (_log_gradient(small) > _SHEET_EDGE)
+    return edges | (band & (_log_gradient(image) > _SHEET_EDGE))
+
+
+def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes_only: bool = False) -> np.ndarray | None:
+    """The regions ``edges`` split the frame into, brightest first: the first
+    that is a sheet (:func:`find_sheet`), as a 0/1 uint8 mask, or None."""
     regions = 1 - cv2.dilate(edges.astype(np.uint8), _SQUARE3)
     _, labels, stats, _ = _components(regions, connectivity=4)
     large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= _SHEET_REGION * small.size) + 1
@@ -1125,20 +1156,18 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     for label in sorted(shades, key=shades.__getitem__, reverse=True)[:_SHEET_TRIED]:
         sheet = _filled((labels == label).astype(np.uint8))
         share = sheet.mean()
-        if share > 0.93 or not _sheet_shaped(sheet):
+        if share > 0.93 or (notes_only and share >= _SHEET_SMALL) or not _sheet_shaped(sheet):
             continue
         if share >= _SHEET_SMALL:
             if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
                 return None
-            break
+            return sheet
         left, top, across, down = stats[label, :4]
         whole = left > 0 and top > 0 and left + across < sheet.shape[1] and top + down < sheet.shape[0]
         side = _note_shaped(sheet) if whole else None
-        if side is not None and _written_on(small, closed, sheet, side):
-            break
-    else:
-        return None
-    return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+        if side is not None and _written_on(small, closed, sheet, side) and _papery(small, sheet):
+            return sheet
+    return None
 
 
 def _corners_inside(hull: np.ndarray, shape: tuple[int, ...]) -> int:

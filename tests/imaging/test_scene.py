@@ -117,7 +117,8 @@ def _note_on_desk(desk, note, written: bool = True) -> np.ndarray:
 @pytest.mark.parametrize(
     ("desk", "note"),
     [((0.86, 0.86, 0.86), (0.55, 0.45, 0.90)),  # a pink note, darker than a light grey desk
-     ((0.25, 0.40, 0.55), (0.55, 0.92, 0.95))],  # a yellow note, lighter than a wooden one
+     ((0.25, 0.40, 0.55), (0.55, 0.92, 0.95)),  # a yellow note, lighter than a wooden one
+     ((0.70, 0.70, 0.70), (0.85, 0.55, 0.98))],  # a pink note as bright as a grey desk: told by its colour
 )
 def test_a_sticky_note_on_a_desk_is_a_sheet_lighter_or_darker_than_the_desk(desk, note, reference):
     image = _note_on_desk(desk, note)
@@ -142,6 +143,18 @@ def test_a_small_sheet_needs_writing_on_it_and_all_of_it_in_the_frame():
         cv2.line(frame, (x, 740), (x + 60, 700), 0.2, 2)
     frame[np.array(cv2.fillPoly(np.zeros(frame.shape, np.uint8), [corner], 1)) == 0] = 0.88
     assert find_sheet((_digit_on(frame) * 255).astype(np.uint8)) is None
+
+
+def test_a_dark_phone_with_light_marks_on_its_screen_is_no_note():
+    """A phone on a light desk: a quadrilateral, whole in the frame, its
+    screen's dark gaps between light icons lifted by the closing as writing
+    is; but dark, not paper (_NOTE_PAPER)."""
+    desk = np.full((768, 1024), 0.8, np.float32)
+    cv2.rectangle(desk, (600, 250), (760, 560), 0.08, -1)
+    for y in range(270, 540, 22):
+        for x in range(615, 745, 22):
+            desk[y : y + 14, x : x + 14] = 0.6
+    assert find_sheet((np.dstack([desk] * 3) * 255).astype(np.uint8)) is None
 
 
 def test_a_thick_grainy_stroke_is_no_small_sheet():
