@@ -1049,6 +1049,8 @@ _SHEET_WRITTEN = 8
 #: what is written on it spanning this share of its shorter side
 _NOTE_ASPECT = 2.5
 _NOTE_WRITING_SPAN = 0.3
+#: a note told from its desk by colour: its channels this far apart (of 1)
+_NOTE_CHROMA = 0.1
 #: and it is paper: its median at least this share of the frame's light
 #: (its 95th percentile); the hole in a chalk 2's loop is the board's dark,
 #: a phone's screen darker still
@@ -1092,7 +1094,8 @@ def _log_gradient(image: np.ndarray) -> np.ndarray:
     so an edge's strength does not depend on how bright the light is there."""
     log = np.log(np.clip(image, 1.0 / 255, 1.0))
     gradient = cv2.magnitude(cv2.Sobel(log, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(log, cv2.CV_32F, 0, 1, ksize=3)) / 8
-    return gradient if gradient.ndim == 2 else gradient.max(axis=2)
+    # the strongest colour's: channel by channel (numpy's max along the last axis is ~20x slower)
+    return gradient if gradient.ndim == 2 else np.maximum.reduce(cv2.split(gradient))
 
 
 def _filled(region: np.ndarray) -> np.ndarray:
@@ -1124,7 +1127,7 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     small = colour if colour.ndim == 2 else cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
     closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, _SHEET_THIN)
     sheet = _sheet_among(_sheet_edges(small, closed), small, closed)
-    if sheet is None and colour.ndim == 3:
+    if sheet is None and colour.ndim == 3 and _coloured(colour):
         # a note in colour: a pink one on a grey desk differs in hue more than
         # in brightness. Notes only: a board's wooden frame, split from the
         # wall by its colour, would leave the wall a sheet with nothing on it
@@ -1133,6 +1136,14 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     if sheet is None:
         return None
     return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def _coloured(colour: np.ndarray) -> bool:
+    """Whether a note's worth of the frame (:data:`_SHEET_REGION`) is in
+    colour (:data:`_NOTE_CHROMA`): else no note is told apart by its colour."""
+    blue, green, red = cv2.split(colour)
+    chroma = np.maximum(np.maximum(blue, green), red) - np.minimum(np.minimum(blue, green), red)
+    return cv2.countNonZero((chroma > _NOTE_CHROMA).view(np.uint8)) >= _SHEET_REGION * chroma.size
 
 
 def _sheet_edges(image: np.ndarray, closed: np.ndarray) -> np.ndarray:
@@ -1148,12 +1159,16 @@ def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes
     """The regions ``edges`` split the frame into, brightest first: the first
     that is a sheet (:func:`find_sheet`), as a 0/1 uint8 mask, or None."""
     regions = 1 - cv2.dilate(edges.astype(np.uint8), _SQUARE3)
-    _, labels, stats, _ = _components(regions, connectivity=4)
-    large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= _SHEET_REGION * small.size) + 1
+    count, labels, stats, _ = _components(regions, connectivity=4)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    large = np.flatnonzero(areas[1:] >= _SHEET_REGION * small.size) + 1
     if len(large) < 2:
         return None  # one region: paper (or board) all over, whatever its shadows
-    shades = {int(label): quantiles.median(closed[labels == label]) for label in large}
-    for label in sorted(shades, key=shades.__getitem__, reverse=True)[:_SHEET_TRIED]:
+    if notes_only:
+        large = large[areas[large] < _SHEET_SMALL * small.size]
+    # brightest first, by the mean: one pass over all the labels
+    means = np.bincount(labels.ravel(), weights=closed.ravel(), minlength=count) / np.maximum(areas, 1)
+    for label in large[np.argsort(-means[large], kind="stable")][:_SHEET_TRIED]:
         sheet = _filled((labels == label).astype(np.uint8))
         share = sheet.mean()
         if share > 0.93 or (notes_only and share >= _SHEET_SMALL) or not _sheet_shaped(sheet):
