@@ -863,8 +863,9 @@ def _held_inside(
 #: rotated box at least) at least this many times as long as it is thick ...
 _BAR_FILL = 0.7
 _BAR_ASPECT = 6.0
-#: ... and this many times as long as the rest of the ink spans, which holds
-#: at least this share of the bar's ink (a digit, not a speck beside it)
+#: ... and this many times as long as the rest of the ink spans, which spans
+#: at least this share of the bar's length (a digit, not a speck beside it;
+#: a fine pen's digit beside a fat marker holds a few % of its ink)
 _BAR_LONGER = 2.0
 _BAR_REST = 0.1
 #: the span of the rest is that of its pieces holding at least this share of
@@ -915,7 +916,7 @@ def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
     span = max(right.max() - left.min(), bottom.max() - top.min())
     out = np.zeros(above.shape, bool)
     for index, long in bars:
-        if areas[pieces].sum() >= _BAR_REST * areas[index] and long >= _BAR_LONGER * span:
+        if _BAR_REST * long <= span <= long / _BAR_LONGER:
             out |= labels == index + 1
     if not out.any():
         return ink

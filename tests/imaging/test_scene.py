@@ -383,6 +383,20 @@ def test_a_pen_far_longer_than_the_digit_goes_and_the_digit_stays():
     assert np.array_equal(cleaned[150:250, 150:250], ink[150:250, 150:250])
 
 
+def test_a_fat_marker_beside_a_fine_pens_digit_goes():
+    """The digit holds ~4% of the marker's ink, but spans a quarter of its
+    length: a digit, not a speck (_BAR_REST)."""
+    from tests.imaging.drawing import seven
+
+    ink = np.zeros((600, 800), np.float32)
+    ink[150:250, 150:250] = seven(100, 3) * 0.8
+    cv2.line(ink, (400, 450), (730, 340), 0.9, 40)
+    cleaned = normalize.without_bars(ink, 0.2)
+    pen = (ink > 0.5) & (np.arange(800) >= 380)
+    assert cleaned[pen].max() < 0.05
+    assert np.array_equal(cleaned[150:250, 150:250], ink[150:250, 150:250])
+
+
 def test_specks_far_from_the_digit_and_ink_entering_at_the_edge_do_not_widen_its_span():
     ink = _pen_and_digit(330)
     pen = (ink > 0.5) & (np.arange(800) >= 390)
