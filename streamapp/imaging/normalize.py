@@ -1058,20 +1058,29 @@ _NOTE_CHROMA = 0.1
 _NOTE_PAPER = 0.35
 
 
-def _note_shaped(sheet: np.ndarray) -> float | None:
+def _outline(sheet: np.ndarray) -> np.ndarray:
+    """The largest outer contour of ``sheet`` (0/1 uint8)."""
+    contours, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return max(contours, key=cv2.contourArea)
+
+
+def _note_shaped(outline: np.ndarray) -> float | None:
     """A small sheet's shorter side (px), when it is no longer than :data:`_NOTE_ASPECT` times that:
     a stroke of a thick 1 or a chalk 1 is a convex quadrilateral too, but a long one."""
-    outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    sides = cv2.minAreaRect(max(outline, key=cv2.contourArea))[1]
+    sides = cv2.minAreaRect(outline)[1]
     return min(sides) if max(sides) <= _NOTE_ASPECT * min(sides) else None
 
 
-def _written_on(small: np.ndarray, closed: np.ndarray, sheet: np.ndarray, side: float) -> bool:
-    """Whether something is written on ``sheet`` (clear of its rim): dark
-    strokes the closing took away, spanning :data:`_NOTE_WRITING_SPAN` of its ``side``."""
+def _writing(small: np.ndarray, closed: np.ndarray) -> np.ndarray:
+    """Where dark strokes are: what the closing lifted by :data:`_SHEET_WRITING` in the log."""
+    return np.log(np.clip(closed, 1 / 255, 1)) - np.log(np.clip(small, 1 / 255, 1)) > _SHEET_WRITING
+
+
+def _written_on(writing: np.ndarray, sheet: np.ndarray, side: float) -> bool:
+    """Whether something is written on ``sheet`` (clear of its rim): strokes
+    (:func:`_writing`) spanning :data:`_NOTE_WRITING_SPAN` of its ``side``."""
     inside = cv2.erode(sheet, _SQUARE3, iterations=2).astype(bool)
-    lifted = np.log(np.clip(closed, 1 / 255, 1)) - np.log(np.clip(small, 1 / 255, 1))
-    _, _, stats, _ = _components(((lifted > _SHEET_WRITING) & inside).astype(np.uint8))
+    _, _, stats, _ = _components((writing & inside).astype(np.uint8))
     stats = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= _SHEET_WRITTEN]
     span = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     return bool(span.max(initial=0) >= _NOTE_WRITING_SPAN * side)
@@ -1083,10 +1092,9 @@ def _papery(small: np.ndarray, sheet: np.ndarray) -> bool:
     return quantiles.median(small[sheet == 1]) >= _NOTE_PAPER * float(np.percentile(small, 95))
 
 
-def _sheet_shaped(sheet: np.ndarray) -> bool:
+def _sheet_shaped(sheet: np.ndarray, outline: np.ndarray) -> bool:
     """Convex and a quadrilateral, maybe cut by the frame (:func:`_corners_inside`)."""
-    outline, _ = cv2.findContours(sheet, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.convexHull(max(outline, key=cv2.contourArea))
+    hull = cv2.convexHull(outline)
     return sheet.sum() >= 0.9 * cv2.contourArea(hull) and _corners_inside(hull, sheet.shape) <= _SHEET_CORNERS
 
 
@@ -1169,19 +1177,25 @@ def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes
         large = large[areas[large] < _SHEET_SMALL * small.size]
     # brightest first, by the mean: one pass over all the labels
     means = np.bincount(labels.ravel(), weights=closed.ravel(), minlength=count) / np.maximum(areas, 1)
+    whole = _clear_of_edges(stats, *labels.shape)
+    writing = None  # measured for the first note only
     for label in large[np.argsort(-means[large], kind="stable")][:_SHEET_TRIED]:
         sheet = _filled((labels == label).astype(np.uint8))
         share = sheet.mean()
-        if share > 0.93 or (notes_only and share >= _SHEET_SMALL) or not _sheet_shaped(sheet):
+        if share > 0.93 or (notes_only and share >= _SHEET_SMALL):
+            continue
+        outline = _outline(sheet)
+        if not _sheet_shaped(sheet, outline):
             continue
         if share >= _SHEET_SMALL:
             if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
                 return None
             return sheet
-        left, top, across, down = stats[label, :4]
-        whole = left > 0 and top > 0 and left + across < sheet.shape[1] and top + down < sheet.shape[0]
-        side = _note_shaped(sheet) if whole else None
-        if side is not None and _written_on(small, closed, sheet, side) and _papery(small, sheet):
+        side = _note_shaped(outline) if whole[label - 1] else None
+        if side is None:
+            continue
+        writing = _writing(small, closed) if writing is None else writing
+        if _written_on(writing, sheet, side) and _papery(small, sheet):
             return sheet
     return None
 
