@@ -26,9 +26,11 @@ def _on_table(table: float = 0.3, paper: float = 0.88, blur: float = 0.0, corner
 
 
 def _digit_on(frame: np.ndarray, size: int = 90, at: tuple[int, int] = (300, 500), pen: float = 0.1) -> np.ndarray:
-    ink = glyph(size=size)
-    alpha = np.zeros(frame.shape, np.float32)
-    alpha[at[0] : at[0] + size, at[1] : at[1] + size] = ink
+    """A "4" drawn on ``frame`` (gray, or BGR: the same pen in every channel)."""
+    alpha = np.zeros(frame.shape[:2], np.float32)
+    alpha[at[0] : at[0] + size, at[1] : at[1] + size] = glyph(size=size)
+    if frame.ndim == 3:
+        alpha = alpha[..., None]
     return frame * (1 - alpha) + pen * alpha
 
 
@@ -107,11 +109,7 @@ def _note_on_desk(desk, note, written: bool = True) -> np.ndarray:
     frame = np.full((768, 1024, 3), desk, np.float32)
     cv2.fillPoly(frame, [_NOTE], note, cv2.LINE_AA)
     cv2.line(frame, (100, 650), (420, 560), (0.12, 0.12, 0.12), 14, cv2.LINE_AA)
-    if written:
-        alpha = np.zeros(frame.shape[:2], np.float32)
-        alpha[330:440, 640:750] = glyph(size=110)
-        frame = frame * (1 - alpha[..., None]) + 0.15 * alpha[..., None]
-    return frame
+    return _digit_on(frame, size=110, at=(330, 640), pen=0.15) if written else frame
 
 
 @pytest.mark.parametrize(
