@@ -1056,6 +1056,18 @@ _NOTE_CHROMA = 0.1
 #: (its 95th percentile); the hole in a chalk 2's loop is the board's dark,
 #: a phone's screen darker still
 _NOTE_PAPER = 0.35
+#: paper as bright as its table (wood, cloth) is told from it by texture: the
+#: log's departure from its 1 px blur, averaged over 9 px of the copy. Smooth:
+#: under this many times the frame's smoothest tenth ...
+_SMOOTH = 1.6
+#: ... a sheet, when the rest is this many times as textured as it (wood:
+#: 0.02-0.04 against paper's 0.01-0.03) ...
+_TEXTURED = 1.5
+#: ... and dark strokes lie wholly inside it, clear of a rim this wide (px),
+#: spanning this share of its shorter side: a smooth wall beside a chalk
+#: board has only the board's frame, along its rim, and chalk dust
+_SMOOTH_RIM = 4
+_SMOOTH_WRITING_SPAN = 0.15
 
 
 def _outline(sheet: np.ndarray) -> np.ndarray:
@@ -1125,7 +1137,9 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     the frame. Covering 12% or more, it must be clearly brighter than the
     rest; a smaller one (a sticky note) must lie whole in the frame with writing
     on it (:data:`_SHEET_SMALL`). A shadow's soft border splits nothing, so a
-    shadow is never taken for the sheet's edge.
+    shadow is never taken for the sheet's edge. When brightness splits
+    nothing, a note may stand out by its colour (:func:`_coloured`), and paper
+    on wood or cloth by its smoothness (:func:`_smooth_sheet`).
     """
     height, width = image.shape[:2]
     scale = _SHEET_SIDE / max(height, width)
@@ -1142,6 +1156,8 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
         # wall by its colour, would leave the wall a sheet with nothing on it
         edges = _sheet_edges(colour, cv2.morphologyEx(colour, cv2.MORPH_CLOSE, _SHEET_THIN))
         sheet = _sheet_among(edges, small, closed, notes_only=True)
+    if sheet is None:
+        sheet = _smooth_sheet(small, closed)
     if sheet is None:
         return None
     return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
@@ -1198,6 +1214,46 @@ def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes
         if _written_on(writing, sheet, side) and _papery(small, sheet):
             return sheet
     return None
+
+
+def _texture(small: np.ndarray) -> np.ndarray:
+    """How grainy the copy is around each pixel (:data:`_SMOOTH`)."""
+    log = np.log(np.clip(small, 1.0 / 255, 1.0))
+    return cv2.blur(np.abs(log - cv2.GaussianBlur(log, (0, 0), 1.0)), (9, 9))
+
+
+def _smooth_sheet(small: np.ndarray, closed: np.ndarray) -> np.ndarray | None:
+    """A sheet no brighter than its table, as smooth paper on a grainy table
+    (:data:`_SMOOTH`, :data:`_TEXTURED`) with writing inside it: a 0/1 uint8 mask, or None."""
+    texture = _texture(small)
+    smooth = (texture < _SMOOTH * quantiles.percentile(texture, 10)).astype(np.uint8)
+    _, labels, stats, _ = _components(cv2.morphologyEx(smooth, cv2.MORPH_OPEN, _SQUARE3), connectivity=4)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    writing = None  # measured for the first candidate that gets that far
+    # from half a sheet's share: the blur and the opening take its rim, the writing its holes
+    for label in np.flatnonzero(areas[1:] >= 0.5 * _SHEET_SMALL * small.size) + 1:
+        sheet = _filled((labels == label).astype(np.uint8))
+        if not _SHEET_SMALL <= sheet.mean() <= 0.93:
+            continue
+        outline = _outline(sheet)
+        if not _sheet_shaped(sheet, outline):
+            continue
+        if quantiles.median(texture[sheet == 0]) < _TEXTURED * quantiles.median(texture[sheet == 1]):
+            continue
+        writing = _writing(small, closed) if writing is None else writing
+        if _span_inside(writing, sheet) >= _SMOOTH_WRITING_SPAN * min(cv2.minAreaRect(outline)[1]):
+            return sheet
+    return None
+
+
+def _span_inside(writing: np.ndarray, sheet: np.ndarray) -> int:
+    """The widest span (px) of the strokes in ``writing`` lying wholly inside
+    ``sheet``, clear of its rim (:data:`_SMOOTH_RIM`)."""
+    rim = (sheet == 1) & (cv2.erode(sheet, _SQUARE3, iterations=_SMOOTH_RIM) == 0)
+    count, labels, stats, _ = _components((writing & (sheet == 1)).astype(np.uint8))
+    inside = (np.bincount(labels[rim], minlength=count) == 0)[1:] & (stats[1:, cv2.CC_STAT_AREA] >= _SHEET_WRITTEN)
+    spans = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+    return int(spans[inside].max(initial=0))
 
 
 def _corners_inside(hull: np.ndarray, shape: tuple[int, ...]) -> int:

@@ -167,6 +167,56 @@ def test_a_thick_grainy_stroke_is_no_small_sheet():
     assert find_sheet((board * 255).astype(np.uint8)) is None
 
 
+def _grainy(shape: tuple[int, int], seed: int, grain: float) -> np.ndarray:
+    """Wood's grain: streaks along a slant, with a few px of noise across them."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    streaks = np.sin((xs * 0.6 + ys) / 9.0 + rng.normal(0, 0.8, shape).astype(np.float32))
+    return cv2.GaussianBlur(grain * streaks + rng.normal(0, grain, shape).astype(np.float32), (0, 0), 1.2)
+
+
+def test_paper_as_bright_as_its_wooden_table_is_found_by_its_smoothness(reference):
+    """Grey paper on light wood: no edge to split the frame by brightness,
+    but the wood is grainy and the paper smooth (_SMOOTH, _TEXTURED), with a
+    pencil digit inside it. (In photos, read on the whole frame, the wood's
+    grain counted as the paper's noise, and faint pencil was refused as empty.)"""
+    table = 0.8 + _grainy((768, 1024), seed=3, grain=0.06)
+    paper = 0.8 + np.random.default_rng(4).normal(0, 0.006, table.shape).astype(np.float32)
+    inside = np.zeros(table.shape, np.uint8)
+    cv2.fillPoly(inside, [_SHEET], 1)
+    image = np.clip(_digit_on(np.where(inside == 1, paper, table), size=140, at=(260, 500), pen=0.45), 0, 1)
+    sheet = find_sheet((image * 255).astype(np.uint8))
+    assert sheet is not None
+    # the sheet less its rim (the texture's window), the digit on it, none of the table
+    assert sheet[inside == 1].mean() > 0.8 and sheet[260:400, 500:640].all() and sheet[inside == 0].mean() < 0.02
+    assert similar(to_tensor(encode(np.dstack([image] * 3), ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))), reference, 0.9)
+
+
+def test_a_smooth_wall_beside_a_grainy_chalk_board_is_no_sheet():
+    """The wall above a board is smooth where the board is grainy with chalk
+    dust, and sheet-shaped; but nothing dark is written inside it."""
+    frame = 0.3 + _grainy((768, 1024), seed=5, grain=0.05)  # the board
+    wall = 0.85 + np.random.default_rng(6).normal(0, 0.005, frame.shape).astype(np.float32)
+    frame[:230] = wall[:230]
+    frame[230:262] = 0.45 + _grainy((32, 1024), seed=7, grain=0.08)  # its frame, wooden
+    # out of focus at the wall: no edge sharp enough to split the frame by brightness
+    frame[:300] = cv2.GaussianBlur(frame[:300], (0, 0), 8.0) + wall[:300] - 0.85
+    cv2.ellipse(frame, (512, 500), (90, 160), 0, 0, 360, 0.9, 18, cv2.LINE_AA)  # a chalk 0
+    assert find_sheet((frame.clip(0, 1) * 255).astype(np.uint8)) is None
+
+
+def test_only_strokes_clear_of_a_smooth_sheets_rim_are_writing_on_it():
+    """A board's wooden frame or the table's grain, dark along the rim of a
+    smooth region, is not written on it (_SMOOTH_RIM); a stroke inside is."""
+    sheet = np.zeros((100, 100), np.uint8)
+    sheet[10:90, 10:90] = 1
+    along_the_rim, inside = np.zeros((100, 100), bool), np.zeros((100, 100), bool)
+    along_the_rim[11:14, 20:80] = True
+    inside[40:43, 20:80] = True
+    assert normalize._span_inside(along_the_rim, sheet) == 0
+    assert normalize._span_inside(inside, sheet) == 60
+
+
 def test_with_no_ink_on_the_sheet_the_whole_frame_is_read(monkeypatch, reference):
     # a "sheet" found where nothing is written (the digit lies past it): the frame is read as before
     image = _digit_on(np.full((768, 1024), 0.88, np.float32), size=110, at=(300, 700))
