@@ -1020,6 +1020,16 @@ _SHEET_SIDE = 256
 #: changes it by under 0.1, and a white desk's edge is not found (nor needed:
 #: it does not pass for ink)
 _SHEET_EDGE = 0.12
+#: a sheet's edge fades under that in places (grey paper on light wood, a
+#: shadow across it): straight runs of this strength, this long (px of the
+#: copy, as many votes), gaps of up to this many px bridged, are edges too
+_SHEET_LINE_EDGE = 0.05
+_SHEET_LINE = 40
+_SHEET_LINE_GAP = 10
+#: and sharp: the gradient there at least this share of the log's range over
+#: 13 px (a step blurred over a pixel or two: ~0.3; a penumbra of 5 px: ~0.1)
+_SHEET_SHARP = 0.2
+_SHEET_NEARBY = np.ones((13, 13), np.uint8)
 #: ruled lines and strokes, thinner than this on that copy, are no edges
 _SHEET_THIN = np.ones((7, 7), np.uint8)
 #: near the frame's edge the table may be thinner than that: there the
@@ -1068,6 +1078,10 @@ _TEXTURED = 1.5
 #: board has only the board's frame, along its rim, and chalk dust
 _SMOOTH_RIM = 4
 _SMOOTH_WRITING_SPAN = 0.15
+#: a sheet from 12% of the frame on needs writing inside it too (clear of
+#: the rim, spanning this share of its shorter side): a wall above a board,
+#: closed off by the board's straight wooden frame, has none
+_SHEET_WRITING_SPAN = 0.05
 
 
 def _outline(sheet: np.ndarray) -> np.ndarray:
@@ -1173,8 +1187,22 @@ def _coloured(colour: np.ndarray) -> bool:
 
 def _sheet_edges(image: np.ndarray, closed: np.ndarray) -> np.ndarray:
     """Sharp edges (:data:`_SHEET_EDGE`) of ``closed`` (``image`` without its
-    strokes), and of ``image`` itself near the frame's edge (:data:`_SHEET_BAND`)."""
-    edges = _log_gradient(closed) > _SHEET_EDGE
+    strokes), long straight fainter ones (:data:`_SHEET_LINE`), and edges of
+    ``image`` itself near the frame's edge (:data:`_SHEET_BAND`)."""
+    gradient = _log_gradient(closed)
+    edges = (gradient > _SHEET_EDGE).astype(np.uint8)
+    # sharp: the change over a pixel or two is much of the change nearby; a
+    # shadow's border spreads the same change over many
+    log = np.log(np.clip(closed, 1.0 / 255, 1.0))
+    if log.ndim == 3:
+        log = np.maximum.reduce(cv2.split(log))
+    nearby = cv2.dilate(log, _SHEET_NEARBY) - cv2.erode(log, _SHEET_NEARBY)
+    faint = (gradient > _SHEET_LINE_EDGE) & (gradient > _SHEET_SHARP * nearby)
+    lines = cv2.HoughLinesP(faint.view(np.uint8), 1, np.pi / 180, _SHEET_LINE,
+                            minLineLength=_SHEET_LINE, maxLineGap=_SHEET_LINE_GAP)
+    for x1, y1, x2, y2 in ([] if lines is None else lines.reshape(-1, 4).tolist()):
+        cv2.line(edges, (x1, y1), (x2, y2), 1, 1)
+    edges = edges.view(bool)
     band = np.ones(edges.shape, bool)
     band[_SHEET_BAND:-_SHEET_BAND, _SHEET_BAND:-_SHEET_BAND] = False
     return edges | (band & (_log_gradient(image) > _SHEET_EDGE))
@@ -1206,7 +1234,10 @@ def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes
         if share >= _SHEET_SMALL:
             if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
                 return None
-            return sheet
+            writing = _writing(small, closed) if writing is None else writing
+            if _span_inside(writing, sheet) >= _SHEET_WRITING_SPAN * min(cv2.minAreaRect(outline)[1]):
+                return sheet
+            continue
         side = _note_shaped(outline) if whole[label - 1] else None
         if side is None:
             continue

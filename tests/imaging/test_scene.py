@@ -52,14 +52,36 @@ def test_a_soft_edge_is_a_shadow_not_a_sheet():
     # the same outline and contrast, its edge spread as a shadow's penumbra is
     # (2.6% of the frame's short side): the light's log changes by under
     # _SHEET_EDGE per pixel of the 256 px copy
-    assert find_sheet((_on_table(blur=20.0) * 255).astype(np.uint8)) is None
-    assert find_sheet((_on_table(blur=1.0) * 255).astype(np.uint8)) is not None
+    assert find_sheet((_digit_on(_on_table(blur=20.0)) * 255).astype(np.uint8)) is None
+    assert find_sheet((_digit_on(_on_table(blur=1.0)) * 255).astype(np.uint8)) is not None
 
 
 def test_a_faint_edge_is_no_sheet_and_a_clear_one_is():
     # log(0.88 / 0.8) over a pixel or two is under _SHEET_EDGE; log(0.88 / 0.6) is well over
-    assert find_sheet((_on_table(table=0.8) * 255).astype(np.uint8)) is None
-    assert find_sheet((_on_table(table=0.6) * 255).astype(np.uint8)) is not None
+    assert find_sheet((_digit_on(_on_table(table=0.8)) * 255).astype(np.uint8)) is None
+    assert find_sheet((_digit_on(_on_table(table=0.6)) * 255).astype(np.uint8)) is not None
+
+
+def test_an_edge_fading_in_places_is_closed_by_its_straight_run():
+    """Right of the middle the table is nearly as light as the paper: there
+    the sheet's edge is under _SHEET_EDGE and the table's region runs into
+    the sheet's. The edge is straight and sharp, though (_SHEET_LINE,
+    _SHEET_SHARP): its run closes the sheet."""
+    frame = _on_table()
+    frame[:, 620:][frame[:, 620:] < 0.5] = 0.78
+    image = (_digit_on(frame) * 255).astype(np.uint8)
+    sheet = find_sheet(image)
+    assert sheet is not None
+    inside = np.zeros(image.shape, np.uint8)
+    cv2.fillPoly(inside, [_SHEET], 1)
+    assert sheet[inside == 1].mean() > 0.9 and sheet[inside == 0].mean() < 0.01
+
+
+def test_a_large_sheet_needs_writing_inside_it():
+    """_SHEET_WRITING_SPAN: a blank sheet on a table is no sheet (nor is a wall
+    above a board, closed off by the board's frame); written on, it is."""
+    assert find_sheet((_on_table() * 255).astype(np.uint8)) is None
+    assert find_sheet((_digit_on(_on_table()) * 255).astype(np.uint8)) is not None
 
 
 def test_paper_all_over_and_a_scrap_on_the_table_are_no_sheet():
@@ -71,7 +93,7 @@ def test_paper_all_over_and_a_scrap_on_the_table_are_no_sheet():
 def test_a_sheet_cut_by_the_frame_is_a_sheet():
     # a quadrilateral running off two sides: the frame adds corners of its own
     corners = np.array([[300, -200], [1300, 100], [1100, 1000], [200, 600]], np.int32)
-    assert find_sheet((_on_table(corners=corners) * 255).astype(np.uint8)) is not None
+    assert find_sheet((_digit_on(_on_table(corners=corners)) * 255).astype(np.uint8)) is not None
 
 
 def test_a_thick_light_digit_on_a_dark_board_is_no_sheet():
@@ -485,7 +507,7 @@ def test_a_speck_beside_a_long_stroke_does_not_make_it_a_pen():
 def test_scenes_are_looked_for_from_400_px_on():
     """_SCENE_SIDE: under 400 px (longest side) a picture is a crop or a scan;
     the same sheet and the same shadow are found at 400 and not at 399."""
-    table = (_on_table() * 255).astype(np.uint8)
+    table = (_digit_on(_on_table()) * 255).astype(np.uint8)
     shadowed, _ = _shadowed(0.55)
     assert find_sheet(cv2.resize(table, (400, 300), interpolation=cv2.INTER_AREA)) is not None
     assert find_sheet(cv2.resize(table, (399, 299), interpolation=cv2.INTER_AREA)) is None
