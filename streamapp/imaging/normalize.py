@@ -215,7 +215,7 @@ def _sharp_departures(gray: np.ndarray) -> tuple[float, float] | None:
     paper's median, taken where the edges are sharp: ink has sharp edges,
     light and shadow do not. None when there are too few sharp edges."""
     small = _shrunk(gray, _POLARITY_SIDE)
-    log = np.log(np.clip(small, 1.0 / 255, 1.0))
+    log = _log(small)
     median = cv2.medianBlur((np.clip(small, 0, 1) * 255).round().astype(np.uint8), _POLARITY_WINDOW)
     residual = log - np.log(np.maximum(median, 1).astype(np.float32) / 255)
     sharp = cv2.dilate((_log_gradient(small) > _POLARITY_EDGE).astype(np.uint8), _SQUARE5).astype(bool)
@@ -1076,7 +1076,7 @@ _TEXTURED = 1.5
 #: ... and dark strokes lie wholly inside it, clear of a rim this wide (px),
 #: spanning this share of its shorter side: a smooth wall beside a chalk
 #: board has only the board's frame, along its rim, and chalk dust
-_SMOOTH_RIM = 4
+_WRITING_RIM = 4
 _SMOOTH_WRITING_SPAN = 0.15
 #: a sheet from 12% of the frame on needs writing inside it too (clear of
 #: the rim, spanning this share of its shorter side): a wall above a board,
@@ -1099,7 +1099,7 @@ def _note_shaped(outline: np.ndarray) -> float | None:
 
 def _writing(small: np.ndarray, closed: np.ndarray) -> np.ndarray:
     """Where dark strokes are: what the closing lifted by :data:`_SHEET_WRITING` in the log."""
-    return np.log(np.clip(closed, 1 / 255, 1)) - np.log(np.clip(small, 1 / 255, 1)) > _SHEET_WRITING
+    return _log(closed) - _log(small) > _SHEET_WRITING
 
 
 def _written_on(writing: np.ndarray, sheet: np.ndarray, side: float) -> bool:
@@ -1124,10 +1124,16 @@ def _sheet_shaped(sheet: np.ndarray, outline: np.ndarray) -> bool:
     return sheet.sum() >= 0.9 * cv2.contourArea(hull) and _corners_inside(hull, sheet.shape) <= _SHEET_CORNERS
 
 
-def _log_gradient(image: np.ndarray) -> np.ndarray:
-    """How much the log of the brightness changes per pixel: light multiplies,
-    so an edge's strength does not depend on how bright the light is there."""
-    log = np.log(np.clip(image, 1.0 / 255, 1.0))
+def _log(image: np.ndarray) -> np.ndarray:
+    """The log of the brightness (in [0, 1]), from 1 of 255 up."""
+    return np.log(np.clip(image, 1.0 / 255, 1.0))
+
+
+def _log_gradient(image: np.ndarray, log: np.ndarray | None = None) -> np.ndarray:
+    """How much the log of the brightness (``log``, if already taken) changes
+    per pixel: light multiplies, so an edge's strength does not depend on how
+    bright the light is there."""
+    log = _log(image) if log is None else log
     gradient = cv2.magnitude(cv2.Sobel(log, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(log, cv2.CV_32F, 0, 1, ksize=3)) / 8
     # the strongest colour's: channel by channel (numpy's max along the last axis is ~20x slower)
     return gradient if gradient.ndim == 2 else np.maximum.reduce(cv2.split(gradient))
@@ -1189,11 +1195,11 @@ def _sheet_edges(image: np.ndarray, closed: np.ndarray) -> np.ndarray:
     """Sharp edges (:data:`_SHEET_EDGE`) of ``closed`` (``image`` without its
     strokes), long straight fainter ones (:data:`_SHEET_LINE`), and edges of
     ``image`` itself near the frame's edge (:data:`_SHEET_BAND`)."""
-    gradient = _log_gradient(closed)
+    log = _log(closed)
+    gradient = _log_gradient(closed, log)
     edges = (gradient > _SHEET_EDGE).astype(np.uint8)
     # sharp: the change over a pixel or two is much of the change nearby; a
     # shadow's border spreads the same change over many
-    log = np.log(np.clip(closed, 1.0 / 255, 1.0))
     if log.ndim == 3:
         log = np.maximum.reduce(cv2.split(log))
     nearby = cv2.dilate(log, _SHEET_NEARBY) - cv2.erode(log, _SHEET_NEARBY)
@@ -1249,7 +1255,7 @@ def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes
 
 def _texture(small: np.ndarray) -> np.ndarray:
     """How grainy the copy is around each pixel (:data:`_SMOOTH`)."""
-    log = np.log(np.clip(small, 1.0 / 255, 1.0))
+    log = _log(small)
     return cv2.blur(np.abs(log - cv2.GaussianBlur(log, (0, 0), 1.0)), (9, 9))
 
 
@@ -1282,8 +1288,8 @@ def _smooth_sheet(small: np.ndarray, closed: np.ndarray) -> np.ndarray | None:
 
 def _span_inside(writing: np.ndarray, sheet: np.ndarray) -> int:
     """The widest span (px) of the strokes in ``writing`` lying wholly inside
-    ``sheet``, clear of its rim (:data:`_SMOOTH_RIM`)."""
-    rim = (sheet == 1) & (cv2.erode(sheet, _SQUARE3, iterations=_SMOOTH_RIM) == 0)
+    ``sheet``, clear of its rim (:data:`_WRITING_RIM`)."""
+    rim = (sheet == 1) & (cv2.erode(sheet, _SQUARE3, iterations=_WRITING_RIM) == 0)
     count, labels, stats, _ = _components((writing & (sheet == 1)).astype(np.uint8))
     inside = (np.bincount(labels[rim], minlength=count) == 0)[1:] & (stats[1:, cv2.CC_STAT_AREA] >= _SHEET_WRITTEN)
     spans = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])

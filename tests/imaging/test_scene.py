@@ -229,7 +229,7 @@ def test_a_smooth_wall_beside_a_grainy_chalk_board_is_no_sheet():
 
 def test_only_strokes_clear_of_a_smooth_sheets_rim_are_writing_on_it():
     """A board's wooden frame or the table's grain, dark along the rim of a
-    smooth region, is not written on it (_SMOOTH_RIM); a stroke inside is."""
+    smooth region, is not written on it (_WRITING_RIM); a stroke inside is."""
     sheet = np.zeros((100, 100), np.uint8)
     sheet[10:90, 10:90] = 1
     along_the_rim, inside = np.zeros((100, 100), bool), np.zeros((100, 100), bool)
