@@ -11,6 +11,8 @@ centre its centre of mass in the 28x28 field.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import cv2
@@ -1169,15 +1171,17 @@ def find_sheet(image: np.ndarray) -> np.ndarray | None:
     colour = _unit_scale(_shrunk(image, _SHEET_SIDE))
     small = colour if colour.ndim == 2 else cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
     closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, _SHEET_THIN)
-    sheet = _sheet_among(_sheet_edges(small, closed), small, closed)
+    # where the dark strokes are: taken once, by the first look that needs it
+    writing = functools.cache(lambda: _writing(small, closed))
+    sheet = _sheet_among(_sheet_edges(small, closed), small, closed, writing)
     if sheet is None and colour.ndim == 3 and _coloured(colour):
         # a note in colour: a pink one on a grey desk differs in hue more than
         # in brightness. Notes only: a board's wooden frame, split from the
         # wall by its colour, would leave the wall a sheet with nothing on it
         edges = _sheet_edges(colour, cv2.morphologyEx(colour, cv2.MORPH_CLOSE, _SHEET_THIN))
-        sheet = _sheet_among(edges, small, closed, notes_only=True)
+        sheet = _sheet_among(edges, small, closed, writing, notes_only=True)
     if sheet is None:
-        sheet = _smooth_sheet(small, closed)
+        sheet = _smooth_sheet(small, writing)
     if sheet is None:
         return None
     return cv2.resize(sheet.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
@@ -1214,9 +1218,12 @@ def _sheet_edges(image: np.ndarray, closed: np.ndarray) -> np.ndarray:
     return edges | (band & (_log_gradient(image) > _SHEET_EDGE))
 
 
-def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes_only: bool = False) -> np.ndarray | None:
+def _sheet_among(
+    edges: np.ndarray, small: np.ndarray, closed: np.ndarray, writing: Callable[[], np.ndarray], notes_only: bool = False
+) -> np.ndarray | None:
     """The regions ``edges`` split the frame into, brightest first: the first
-    that is a sheet (:func:`find_sheet`), as a 0/1 uint8 mask, or None."""
+    that is a sheet (:func:`find_sheet`), as a 0/1 uint8 mask, or None;
+    ``writing()``: :func:`_writing` of the frame."""
     regions = 1 - cv2.dilate(edges.astype(np.uint8), _SQUARE3)
     count, labels, stats, _ = _components(regions, connectivity=4)
     areas = stats[:, cv2.CC_STAT_AREA]
@@ -1228,7 +1235,6 @@ def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes
     # brightest first, by the mean: one pass over all the labels
     means = np.bincount(labels.ravel(), weights=closed.ravel(), minlength=count) / np.maximum(areas, 1)
     whole = _clear_of_edges(stats, *labels.shape)
-    writing = None  # measured for the first note only
     for label in large[np.argsort(-means[large], kind="stable")][:_SHEET_TRIED]:
         sheet = _filled((labels == label).astype(np.uint8))
         share = sheet.mean()
@@ -1240,15 +1246,13 @@ def _sheet_among(edges: np.ndarray, small: np.ndarray, closed: np.ndarray, notes
         if share >= _SHEET_SMALL:
             if quantiles.median(closed[sheet == 0]) > 0.85 * quantiles.median(closed[sheet == 1]):
                 return None
-            writing = _writing(small, closed) if writing is None else writing
-            if _span_inside(writing, sheet) >= _SHEET_WRITING_SPAN * min(cv2.minAreaRect(outline)[1]):
+            if _written_inside(writing(), sheet, outline, _SHEET_WRITING_SPAN):
                 return sheet
             continue
         side = _note_shaped(outline) if whole[label - 1] else None
         if side is None:
             continue
-        writing = _writing(small, closed) if writing is None else writing
-        if _written_on(writing, sheet, side) and _papery(small, sheet):
+        if _written_on(writing(), sheet, side) and _papery(small, sheet):
             return sheet
     return None
 
@@ -1259,16 +1263,16 @@ def _texture(small: np.ndarray) -> np.ndarray:
     return cv2.blur(np.abs(log - cv2.GaussianBlur(log, (0, 0), 1.0)), (9, 9))
 
 
-def _smooth_sheet(small: np.ndarray, closed: np.ndarray) -> np.ndarray | None:
+def _smooth_sheet(small: np.ndarray, writing: Callable[[], np.ndarray]) -> np.ndarray | None:
     """A sheet no brighter than its table, as smooth paper on a grainy table
-    (:data:`_SMOOTH`, :data:`_TEXTURED`) with writing inside it: a 0/1 uint8 mask, or None."""
+    (:data:`_SMOOTH`, :data:`_TEXTURED`) with writing inside it (``writing()``:
+    :func:`_writing` of the frame): a 0/1 uint8 mask, or None."""
     texture = _texture(small)
     # every other pixel: the texture is an average over 9 px already
     sampled = texture[::2, ::2]
     smooth = (texture < _SMOOTH * quantiles.percentile(sampled, 10)).astype(np.uint8)
     _, labels, stats, _ = _components(cv2.morphologyEx(smooth, cv2.MORPH_OPEN, _SQUARE3), connectivity=4)
     areas = stats[:, cv2.CC_STAT_AREA]
-    writing = None  # measured for the first candidate that gets that far
     # from half a sheet's share: the blur and the opening take its rim, the writing its holes
     for label in np.flatnonzero(areas[1:] >= 0.5 * _SHEET_SMALL * small.size) + 1:
         sheet = _filled((labels == label).astype(np.uint8))
@@ -1280,10 +1284,15 @@ def _smooth_sheet(small: np.ndarray, closed: np.ndarray) -> np.ndarray | None:
         inside = sheet[::2, ::2] == 1
         if quantiles.median(sampled[~inside]) < _TEXTURED * quantiles.median(sampled[inside]):
             continue
-        writing = _writing(small, closed) if writing is None else writing
-        if _span_inside(writing, sheet) >= _SMOOTH_WRITING_SPAN * min(cv2.minAreaRect(outline)[1]):
+        if _written_inside(writing(), sheet, outline, _SMOOTH_WRITING_SPAN):
             return sheet
     return None
+
+
+def _written_inside(writing: np.ndarray, sheet: np.ndarray, outline: np.ndarray, share: float) -> bool:
+    """Whether strokes wholly inside ``sheet`` (:func:`_span_inside`) span
+    ``share`` of its shorter side (of ``outline``'s least box)."""
+    return _span_inside(writing, sheet) >= share * min(cv2.minAreaRect(outline)[1])
 
 
 def _span_inside(writing: np.ndarray, sheet: np.ndarray) -> int:
