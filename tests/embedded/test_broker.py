@@ -423,13 +423,20 @@ def test_a_fetch_held_for_bytes_comes_back_empty_while_a_backlog_waits(broker: E
     How much gets through varies with the broker's speed (none of 20,000 in
     most runs, a quarter in one CI run), so the test holds only what Kafka's
     answer rules out: a backlog of 20 MB, up to 8 MB a fetch, still not read
-    after ten fetches or more."""
+    after ten fetches or more. And the fault does not show every time (one
+    fresh-clone run read all 20,000 in 74 fetches): up to three reads of the
+    same backlog, of which one must fall short; Kafka reads it all in each."""
     topic = fill_backlog(broker)
-    got, seconds, asked = asyncio.run(drain(broker.bootstrap, topic, 3.0, prepare=lambda consumer: None,
-                                            fetch_min_bytes=50 * 1024 * 1024, fetch_max_wait_ms=30))
-    print(f"\nheld for 50 MB, 30 ms wait: {got} of {BACKLOG} records in {seconds:.1f} s, {len(asked)} fetches")
-    assert len(asked) >= 10
-    assert got < BACKLOG
+    shortest = BACKLOG
+    for _ in range(3):
+        got, seconds, asked = asyncio.run(drain(broker.bootstrap, topic, 3.0, prepare=lambda consumer: None,
+                                                fetch_min_bytes=50 * 1024 * 1024, fetch_max_wait_ms=30))
+        print(f"\nheld for 50 MB, 30 ms wait: {got} of {BACKLOG} records in {seconds:.1f} s, {len(asked)} fetches")
+        assert len(asked) >= 10
+        shortest = min(shortest, got)
+        if shortest < BACKLOG:
+            break
+    assert shortest < BACKLOG
 
 
 def test_a_busy_tansu_fetcher_spaces_its_fetches_itself_and_takes_a_backlog(broker: EmbeddedBroker) -> None:
