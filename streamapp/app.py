@@ -102,6 +102,11 @@ class StreamApp(faust.App):
             # a busy worker's produce requests a linger apart: a third as many
             # (streamapp.kafka.transport; docs/BENCHMARKS.md)
             producer_linger=0.03,
+            # a poll hands the agents at most this many records, and the next
+            # starts with other partitions (streamapp.kafka.transport): under a
+            # burst the tensors and labeled records no longer wait behind the
+            # whole backlog of events
+            broker_max_poll_records=32,
             topic_partitions=8,
             web_port=6066,
             Stream="streamapp.kafka.streams:BatchingStream",

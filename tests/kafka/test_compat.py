@@ -167,3 +167,16 @@ def test_no_fetch_goes_to_a_node_while_its_last_one_is_processed():
     assert "self._proc_fetch_request(assignment, node_id, request)" in routine
     assert "elif node_id in self._in_flight:" in source(Fetcher._get_actions_per_node)
     assert "any(fut.result() for fut in done_pending)" in routine
+
+
+def test_the_fetcher_hands_out_partitions_in_the_order_of_its_records_dict():
+    """transport, fetch order: aiokafka's ``fetched_records`` drains ``_records``
+    (partition -> FetchResult) in its order, up to ``max_records``, deleting a
+    partition once drained; a part-drained one keeps its place, which
+    SpacedFetcher moves behind the others."""
+    fetched = source(Fetcher.fetched_records)
+    assert "for tp in list(self._records.keys()):" in fetched
+    assert "records = res_or_error.getall(max_records)" in fetched
+    assert "del self._records[tp]" in fetched
+    assert list(inspect.signature(Fetcher.fetched_records).parameters) == ["self", "partitions", "timeout",
+                                                                           "max_records"]
