@@ -875,6 +875,56 @@ _BAR_REST = 0.1
 _BAR_PIECE = 0.25
 
 
+#: an object lying in view (a cup, a phone): ink above the level as solid
+#: as a disc, its thickness (twice the deepest point's distance from its
+#: border) at least this share of its box's longer side, and at least this
+#: many times the thickest stroke of the rest of the ink
+_BLOB_SOLID = 0.45
+_BLOB_THICKER = 3.0
+
+
+def without_blobs(ink: np.ndarray, level: float) -> np.ndarray:
+    """``ink`` without a solid object lying in the frame (a cup of coffee, a
+    phone): a blob far thicker than any stroke of the rest of the ink. A
+    digit is strokes, however thick the marker: its thickness is a small
+    share of its length."""
+    if min(ink.shape) < 40:
+        return ink
+    # on every other pixel, as for the bars; the ink a stroke's threshold
+    # keeps at least (:func:`_strokes`), so faint shading fills no ring
+    half = ink[::2, ::2]
+    above = np.ascontiguousarray(half > max(level, 0.25 * _kth_largest(half))).astype(np.uint8)
+    count, labels, stats, _ = _components(above)
+    if count <= 2:
+        return ink
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    widths, heights = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]
+    longer = np.maximum(widths, heights)
+    # a disc inside a box is at most as thick as the box is narrow: only a box
+    # this square can hold a blob
+    candidates = np.flatnonzero((areas >= 30) & (np.minimum(widths, heights) >= _BLOB_SOLID * longer))
+    if not len(candidates):
+        return ink
+    # the frame's edge is a border too
+    depth = cv2.distanceTransform(np.pad(above, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    thickness = np.zeros(len(areas), np.float32)
+    for index in candidates:
+        left, top, across, down = stats[index + 1, :4]
+        box = labels[top : top + down, left : left + across] == index + 1
+        thickness[index] = 2 * depth[top : top + down, left : left + across][box].max()
+    solid = thickness >= _BLOB_SOLID * longer
+    # the rest: strokes the size of a blob's least, not grain
+    rest = ~solid & (areas >= max(30, 0.08 * areas[~solid].max(initial=0)))
+    if not solid.any() or not rest.any():
+        return ink
+    blobs = solid & (thickness >= _BLOB_THICKER * 2 * depth[_labelled(labels, np.flatnonzero(rest) + 1)].max())
+    if not blobs.any():
+        return ink
+    out = _labelled(labels, np.flatnonzero(blobs) + 1).astype(np.uint8)
+    out = cv2.resize(cv2.dilate(out, _SQUARE3), (ink.shape[1], ink.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return np.where(cv2.dilate(out, _SQUARE3).astype(bool), np.minimum(ink, 0.0), ink).astype(np.float32)
+
+
 def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
     """``ink`` without a pen lying in the frame: ink above ``level`` forming a
     straight, filled bar far longer than the rest of the ink spans. A digit
@@ -958,7 +1008,7 @@ def digit_mask(ink: np.ndarray, page: np.ndarray | None = None) -> tuple[np.ndar
     if peak < max(FAINTEST_INK, median + EMPTY_NOISE * noise):
         raise EmptyImage("no ink: the image is blank")
     level = median + 5 * noise
-    uncluttered = without_bars(without_clutter(ink, level, page), level)
+    uncluttered = without_blobs(without_bars(without_clutter(ink, level, page), level), level)
     if uncluttered is not ink:
         try:
             return _strokes(uncluttered, median, noise)

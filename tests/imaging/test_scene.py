@@ -504,6 +504,48 @@ def test_a_speck_beside_a_long_stroke_does_not_make_it_a_pen():
     assert np.array_equal(normalize.without_bars(ink, 0.2), ink)
 
 
+def _cup_and_digit(cup_radius: int = 110, ring: int = 0) -> np.ndarray:
+    """Ink: a fine pen's "7" and, apart from it, a cup seen from above (a
+    solid disc; ``ring`` > 0: only its rim, that many px wide)."""
+    ink = np.zeros((600, 800), np.float32)
+    ink[150:250, 150:250] = seven_ink(100)
+    cv2.circle(ink, (560, 380), cup_radius, 0.9, -1 if not ring else ring, cv2.LINE_AA)
+    return ink
+
+
+def test_a_cup_beside_the_digit_goes_and_the_digit_stays():
+    ink = _cup_and_digit()
+    cleaned = normalize.without_blobs(ink, 0.2)
+    cup = (ink > 0.5) & (np.arange(800) >= 400)
+    assert cleaned[cup].max() < 0.05
+    assert np.array_equal(cleaned[150:250, 150:250], ink[150:250, 150:250])
+
+
+def test_a_cups_rim_a_thick_digit_or_a_lone_blob_stays():
+    # a ring is strokes: not solid (_BLOB_SOLID)
+    assert np.array_equal(normalize.without_blobs(_cup_and_digit(ring=12), 0.2), _cup_and_digit(ring=12))
+    # a thick marker's digit: thick, but its thickness a small share of its length
+    marker = np.zeros((600, 800), np.float32)
+    marker[100:500, 200:600] = glyph("4", size=400, thickness=60)
+    assert np.array_equal(normalize.without_blobs(marker, 0.2), marker)
+    # a solid shape with nothing else there, or with grain only, is what there is to read
+    lone = np.zeros((600, 800), np.float32)
+    cv2.circle(lone, (400, 300), 100, 0.9, -1)
+    assert np.array_equal(normalize.without_blobs(lone, 0.2), lone)
+    lone[40:44, 40:44] = 0.9
+    assert np.array_equal(normalize.without_blobs(lone, 0.2), lone)
+
+
+def test_a_small_digit_beside_a_cup_on_a_sheet_is_read(reference):
+    """End to end: a small dark cup (or a phone's camera, a bottle cap) on
+    the sheet, darker and bigger than the digit, beside a "4" a tenth of the
+    frame tall. (A bigger cup's middle is taken for paper, its edge a ring.)"""
+    frame = _digit_on(_on_table(), size=90, at=(300, 420))
+    cv2.circle(frame, (760, 330), 45, 0.12, -1, cv2.LINE_AA)
+    tensor = to_tensor(encode(frame))
+    assert similar(tensor, reference, 0.8)
+
+
 def test_scenes_are_looked_for_from_400_px_on():
     """_SCENE_SIDE: under 400 px (longest side) a picture is a crop or a scan;
     the same sheet and the same shadow are found at 400 and not at 399."""
