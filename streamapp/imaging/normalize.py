@@ -881,6 +881,8 @@ _BAR_PIECE = 0.25
 #: many times the thickest stroke of the rest of the ink
 _BLOB_SOLID = 0.45
 _BLOB_THICKER = 3.0
+#: px of the half grid a blob, and a stroke of the rest, hold at least (less is grain)
+_BLOB_LEAST = 30
 
 
 def without_blobs(ink: np.ndarray, level: float) -> np.ndarray:
@@ -902,7 +904,7 @@ def without_blobs(ink: np.ndarray, level: float) -> np.ndarray:
     longer = np.maximum(widths, heights)
     # a disc inside a box is at most as thick as the box is narrow: only a box
     # this square can hold a blob
-    candidates = np.flatnonzero((areas >= 30) & (np.minimum(widths, heights) >= _BLOB_SOLID * longer))
+    candidates = np.flatnonzero((areas >= _BLOB_LEAST) & (np.minimum(widths, heights) >= _BLOB_SOLID * longer))
     if not len(candidates):
         return ink
     # the frame's edge is a border too
@@ -913,8 +915,8 @@ def without_blobs(ink: np.ndarray, level: float) -> np.ndarray:
         box = labels[top : top + down, left : left + across] == index + 1
         thickness[index] = 2 * depth[top : top + down, left : left + across][box].max()
     solid = thickness >= _BLOB_SOLID * longer
-    # the rest: strokes the size of a blob's least, not grain
-    rest = ~solid & (areas >= max(30, 0.08 * areas[~solid].max(initial=0)))
+    # the rest: strokes, not grain
+    rest = ~solid & (areas >= max(_BLOB_LEAST, 0.08 * areas[~solid].max(initial=0)))
     if not solid.any() or not rest.any():
         return ink
     blobs = solid & (thickness >= _BLOB_THICKER * 2 * depth[_labelled(labels, np.flatnonzero(rest) + 1)].max())

@@ -34,6 +34,11 @@ def _digit_on(frame: np.ndarray, size: int = 90, at: tuple[int, int] = (300, 500
     return frame * (1 - alpha) + pen * alpha
 
 
+def _inside(shape: tuple[int, ...], corners: np.ndarray = _SHEET) -> np.ndarray:
+    """The polygon ``corners`` as a 0/1 uint8 mask of ``shape``."""
+    return cv2.fillPoly(np.zeros(shape[:2], np.uint8), [corners], 1)
+
+
 # -- the sheet on a table ---------------------------------------------------------------
 
 
@@ -41,8 +46,7 @@ def test_a_sheet_on_a_darker_table_is_found_with_what_is_written_on_it():
     image = (_digit_on(_on_table()) * 255).astype(np.uint8)
     sheet = find_sheet(image)
     assert sheet is not None and sheet.shape == image.shape
-    inside = np.zeros(image.shape, np.uint8)
-    cv2.fillPoly(inside, [_SHEET], 1)
+    inside = _inside(image.shape)
     # the sheet, its digit included, and nothing of the table (a margin clear of the edge aside)
     assert sheet[inside == 1].mean() > 0.9 and sheet[inside == 0].mean() < 0.01
     assert sheet[300:390, 500:590].all()
@@ -72,8 +76,7 @@ def test_an_edge_fading_in_places_is_closed_by_its_straight_run():
     image = (_digit_on(frame) * 255).astype(np.uint8)
     sheet = find_sheet(image)
     assert sheet is not None
-    inside = np.zeros(image.shape, np.uint8)
-    cv2.fillPoly(inside, [_SHEET], 1)
+    inside = _inside(image.shape)
     assert sheet[inside == 1].mean() > 0.9 and sheet[inside == 0].mean() < 0.01
 
 
@@ -144,8 +147,7 @@ def test_a_sticky_note_on_a_desk_is_a_sheet_lighter_or_darker_than_the_desk(desk
     image = _note_on_desk(desk, note)
     sheet = find_sheet((image * 255).astype(np.uint8))
     assert sheet is not None
-    inside = np.zeros(sheet.shape, np.uint8)
-    cv2.fillPoly(inside, [_NOTE], 1)
+    inside = _inside(sheet.shape, _NOTE)
     # the note less a rim (the edge's width on the 256 px copy), the digit on it, none of the desk
     assert sheet[inside == 1].mean() > 0.75 and sheet[330:440, 640:750].all() and sheet[inside == 0].mean() < 0.01
     assert similar(to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))), reference, 0.9)
@@ -161,7 +163,7 @@ def test_a_small_sheet_needs_writing_on_it_and_all_of_it_in_the_frame():
     cv2.fillPoly(frame, [corner], 0.35, cv2.LINE_AA)
     for x in range(880, 1024, 24):
         cv2.line(frame, (x, 740), (x + 60, 700), 0.2, 2)
-    frame[np.array(cv2.fillPoly(np.zeros(frame.shape, np.uint8), [corner], 1)) == 0] = 0.88
+    frame[_inside(frame.shape, corner) == 0] = 0.88
     assert find_sheet((_digit_on(frame) * 255).astype(np.uint8)) is None
 
 
@@ -204,8 +206,7 @@ def test_paper_as_bright_as_its_wooden_table_is_found_by_its_smoothness(referenc
     grain counted as the paper's noise, and faint pencil was refused as empty.)"""
     table = 0.8 + _grainy((768, 1024), seed=3, grain=0.06)
     paper = 0.8 + np.random.default_rng(4).normal(0, 0.006, table.shape).astype(np.float32)
-    inside = np.zeros(table.shape, np.uint8)
-    cv2.fillPoly(inside, [_SHEET], 1)
+    inside = _inside(table.shape)
     image = np.clip(_digit_on(np.where(inside == 1, paper, table), size=140, at=(260, 500), pen=0.45), 0, 1)
     sheet = find_sheet((image * 255).astype(np.uint8))
     assert sheet is not None
