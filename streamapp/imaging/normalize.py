@@ -922,9 +922,7 @@ def without_blobs(ink: np.ndarray, level: float) -> np.ndarray:
     blobs = solid & (thickness >= _BLOB_THICKER * 2 * depth[_labelled(labels, np.flatnonzero(rest) + 1)].max())
     if not blobs.any():
         return ink
-    out = _labelled(labels, np.flatnonzero(blobs) + 1).astype(np.uint8)
-    out = cv2.resize(cv2.dilate(out, _SQUARE3), (ink.shape[1], ink.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return np.where(cv2.dilate(out, _SQUARE3).astype(bool), np.minimum(ink, 0.0), ink).astype(np.float32)
+    return _taken_out(ink, _labelled(labels, np.flatnonzero(blobs) + 1))
 
 
 def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
@@ -974,8 +972,13 @@ def without_bars(ink: np.ndarray, level: float) -> np.ndarray:
             out |= labels == index + 1
     if not out.any():
         return ink
-    # the bar with its soft border, at full size
-    out = cv2.resize(cv2.dilate(out.astype(np.uint8), _SQUARE3), (ink.shape[1], ink.shape[0]),
+    return _taken_out(ink, out)
+
+
+def _taken_out(ink: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """``ink`` without what ``half`` (a bool mask on its every other pixel)
+    covers, with its soft border, at full size: no higher than the background there."""
+    out = cv2.resize(cv2.dilate(half.astype(np.uint8), _SQUARE3), (ink.shape[1], ink.shape[0]),
                      interpolation=cv2.INTER_NEAREST)
     return np.where(cv2.dilate(out, _SQUARE3).astype(bool), np.minimum(ink, 0.0), ink).astype(np.float32)
 
