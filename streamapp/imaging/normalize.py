@@ -1135,6 +1135,12 @@ _TEXTURED = 1.5
 #: board has only the board's frame, along its rim, and chalk dust
 _WRITING_RIM = 4
 _SMOOTH_WRITING_SPAN = 0.15
+#: a stroke reaching into that rim is writing still when at most this share
+#: of its pixels lies there and it reaches this many rims' widths into the
+#: sheet: a digit written near the sheet's edge; a frame's edge along the
+#: rim, a little wider than it, reaches no deeper
+_RIM_SHARE = 0.25
+_RIM_DEPTH = 2.5
 #: a sheet from 12% of the frame on needs writing inside it too (clear of
 #: the rim, spanning this share of its shorter side): a wall above a board,
 #: closed off by the board's straight wooden frame, has none
@@ -1352,10 +1358,20 @@ def _written_inside(writing: np.ndarray, sheet: np.ndarray, outline: np.ndarray,
 
 def _span_inside(writing: np.ndarray, sheet: np.ndarray) -> int:
     """The widest span (px) of the strokes in ``writing`` lying wholly inside
-    ``sheet``, clear of its rim (:data:`_WRITING_RIM`)."""
+    ``sheet``, clear of its rim (:data:`_WRITING_RIM`), or reaching into the
+    rim from deep inside (:data:`_RIM_SHARE`, :data:`_RIM_DEPTH`)."""
     rim = (sheet == 1) & (cv2.erode(sheet, _SQUARE3, iterations=_WRITING_RIM) == 0)
     count, labels, stats, _ = _components((writing & (sheet == 1)).astype(np.uint8))
-    inside = (np.bincount(labels[rim], minlength=count) == 0)[1:] & (stats[1:, cv2.CC_STAT_AREA] >= _SHEET_WRITTEN)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    on_rim = np.bincount(labels[rim], minlength=count)[1:]
+    inside = (on_rim == 0) & (areas >= _SHEET_WRITTEN)
+    touching = (on_rim > 0) & (on_rim <= _RIM_SHARE * areas) & (areas >= _SHEET_WRITTEN)
+    if touching.any():
+        depth = cv2.distanceTransform(sheet, cv2.DIST_L2, 3)
+        for index in np.flatnonzero(touching):
+            left, top, across, down = stats[index + 1, :4]
+            box = labels[top : top + down, left : left + across] == index + 1
+            inside[index] = depth[top : top + down, left : left + across][box].max() >= _RIM_DEPTH * _WRITING_RIM
     spans = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
     return int(spans[inside].max(initial=0))
 

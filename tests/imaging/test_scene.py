@@ -52,6 +52,15 @@ def test_a_sheet_on_a_darker_table_is_found_with_what_is_written_on_it():
     assert sheet[300:390, 500:590].all()
 
 
+def test_a_sheet_written_on_near_its_edge_is_found():
+    """The "4" a few pixels from the sheet's left edge: its strokes reach into
+    the rim, yet it is writing on the sheet (_RIM_SHARE, _RIM_DEPTH)."""
+    image = (_digit_on(_on_table(), at=(300, 268)) * 255).astype(np.uint8)
+    sheet = find_sheet(image)
+    assert sheet is not None
+    assert sheet[_inside(image.shape) == 1].mean() > 0.9
+
+
 def test_a_soft_edge_is_a_shadow_not_a_sheet():
     # the same outline and contrast, its edge spread as a shadow's penumbra is
     # (2.6% of the frame's short side): the light's log changes by under
@@ -238,6 +247,19 @@ def test_only_strokes_clear_of_a_smooth_sheets_rim_are_writing_on_it():
     inside[40:43, 20:80] = True
     assert normalize._span_inside(along_the_rim, sheet) == 0
     assert normalize._span_inside(inside, sheet) == 60
+
+
+def test_a_stroke_written_near_the_sheets_edge_is_writing_on_it():
+    """_RIM_SHARE, _RIM_DEPTH: a digit written near the edge touches the rim
+    with a few of its pixels and reaches deep into the sheet; the frame's
+    edge along the rim, a little wider than it, reaches no deeper."""
+    sheet = np.zeros((100, 100), np.uint8)
+    sheet[10:90, 10:90] = 1
+    near_the_edge, along_the_rim = np.zeros((100, 100), bool), np.zeros((100, 100), bool)
+    near_the_edge[12:41, 50:53] = True  # 6 of its 87 pixels in the rim
+    along_the_rim[13:18, 20:80] = True  # a fifth in the rim, 8 px deep at most
+    assert normalize._span_inside(near_the_edge, sheet) == 29
+    assert normalize._span_inside(along_the_rim, sheet) == 0
 
 
 def test_with_no_ink_on_the_sheet_the_whole_frame_is_read(monkeypatch, reference):
