@@ -1114,9 +1114,10 @@ _SHEET_TRIED = 6
 _SHEET_WRITING = 0.1
 _SHEET_WRITTEN = 8
 #: a small sheet is a note or a card: at most this much longer than wide,
-#: what is written on it spanning this share of its shorter side
+#: what is written on it spanning this share of its shorter side (a fifth:
+#: a digit on a note far off spans a quarter of it)
 _NOTE_ASPECT = 2.5
-_NOTE_WRITING_SPAN = 0.3
+_NOTE_WRITING_SPAN = 0.2
 #: a note told from its desk by colour: its channels this far apart (of 1)
 _NOTE_CHROMA = 0.1
 #: and it is paper: its median at least this share of the frame's light

@@ -176,6 +176,16 @@ def test_a_small_sheet_needs_writing_on_it_and_all_of_it_in_the_frame():
     assert find_sheet((_digit_on(frame) * 255).astype(np.uint8)) is None
 
 
+def test_a_small_digit_makes_a_note_written_on(reference):
+    """_NOTE_WRITING_SPAN: a "4" spanning a quarter of the note's side (a
+    note far off in a photo, written on small) makes it a sheet, and the
+    digit is read rather than the pen on the desk."""
+    desk, note = (0.86, 0.86, 0.86), (0.55, 0.45, 0.90)
+    image = _digit_on(_note_on_desk(desk, note, written=False), size=56, at=(360, 680), pen=0.15)
+    assert find_sheet((image * 255).astype(np.uint8)) is not None
+    assert similar(to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))), reference, 0.9)
+
+
 def test_a_dark_phone_with_light_marks_on_its_screen_is_no_note():
     """A phone on a light desk: a quadrilateral, whole in the frame, its
     screen's dark gaps between light icons lifted by the closing as writing
