@@ -186,6 +186,34 @@ def test_a_small_digit_makes_a_note_written_on(reference):
     assert similar(to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))), reference, 0.9)
 
 
+def test_a_pastel_note_with_a_soft_edge_on_a_grainy_desk_is_told_by_its_hue(reference):
+    """_NOTE_HUE: a light blue note on a grey desk as bright as it, its edge
+    soft and the desk grainy, so neither brightness nor the colour channels
+    split the frame at its edge; its hue does."""
+    frame = np.full((768, 1024, 3), 0.8, np.float32)
+    cv2.fillPoly(frame, [_NOTE], (0.88, 0.78, 0.70), cv2.LINE_AA)
+    frame = cv2.GaussianBlur(frame, (0, 0), 1.5)
+    frame += np.random.default_rng(3).normal(0, 0.03, frame.shape[:2]).astype(np.float32)[..., None]
+    cv2.line(frame, (100, 650), (420, 560), (0.12, 0.12, 0.12), 14, cv2.LINE_AA)
+    image = _digit_on(frame, size=110, at=(330, 640), pen=0.15).clip(0, 1)
+    sheet = find_sheet((image * 255).astype(np.uint8))
+    assert sheet is not None and sheet[330:440, 640:750].all()
+    assert sheet[_inside(sheet.shape, _NOTE) == 0].mean() < 0.01
+    assert similar(to_tensor(encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))), reference, 0.9)
+
+
+def test_a_loop_in_coloured_ink_encloses_no_note():
+    """A red loop on blue squared paper: what it encloses is a region of the
+    paper's own colour with grid lines in it, not a note of another colour."""
+    frame = np.full((768, 1024, 3), (0.92, 0.90, 0.86), np.float32)
+    for at in range(0, 1024, 64):
+        cv2.line(frame, (at, 0), (at, 767), (0.85, 0.70, 0.55), 4)
+        cv2.line(frame, (0, at), (1023, at), (0.85, 0.70, 0.55), 4)
+    loop = cv2.boxPoints(((500, 380), (160, 128), 15)).astype(np.int32)  # a squarish "0"
+    cv2.polylines(frame, [loop], True, (0.15, 0.15, 0.65), 16, cv2.LINE_AA)
+    assert find_sheet((frame * 255).astype(np.uint8)) is None
+
+
 def test_a_dark_phone_with_light_marks_on_its_screen_is_no_note():
     """A phone on a light desk: a quadrilateral, whole in the frame, its
     screen's dark gaps between light icons lifted by the closing as writing
