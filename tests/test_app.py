@@ -29,6 +29,15 @@ def test_two_apps_with_other_settings_live_side_by_side():
     ]
 
 
+def test_a_worker_polls_a_bounded_number_of_records():
+    """Without a bound one poll hands out everything fetched, and the turns the
+    fetcher takes (tests/kafka/test_fetch_order.py, run at this bound) never
+    come into play."""
+    from tests.kafka.test_fetch_order import POLL
+
+    assert create_app(Settings(app_id="polls")).conf.broker_max_poll_records == POLL
+
+
 def test_the_pages_are_registered_on_their_app():
     app = create_app(Settings(app_id="pages"))
     assert set(app.web.views) == {"/", "/digits/", "/stats/", "/metrics", "/api/dashboard/", "/internal/recent/",

@@ -82,12 +82,3 @@ def test_records_of_another_topic_are_not_held_behind_a_backlog(broker: Embedded
     # from each partition in line
     assert plain == BACKLOG
     assert rotated <= BACKLOG // 2
-
-
-def test_a_worker_polls_a_bounded_number_of_records() -> None:
-    """Without a bound one poll hands out everything fetched, and the order above never comes into play."""
-    from streamapp.app import create_app
-    from streamapp.settings import Settings
-
-    app = create_app(Settings(app_id="fetch-order"))
-    assert app.conf.broker_max_poll_records == POLL
