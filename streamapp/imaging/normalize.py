@@ -1271,8 +1271,8 @@ def _note_by_hue(colour: np.ndarray, small: np.ndarray, closed: np.ndarray,
     borders of what differs in colour from most of the frame
     (:data:`_NOTE_HUE`, brightness aside) split it into, itself of that
     colour: a loop drawn in coloured ink encloses paper of the frame's own."""
-    # in 8 bits throughout (Lab's a and b in their own units, offset by 128):
-    # a third of the time of float, and the medians from histograms
+    # in 8 bits (Lab's a and b in their own units, offset by 128): the
+    # conversion and blur a third of float's time, the medians from histograms
     lab = cv2.cvtColor(cv2.convertScaleAbs(colour, alpha=255), cv2.COLOR_BGR2Lab)
     _, a, b = cv2.split(cv2.GaussianBlur(lab, (0, 0), 1.0))  # all three: OpenCV's fast path
     apart = cv2.magnitude(a.astype(np.float32) - quantiles.median_of_counts(a.ravel()),

@@ -47,8 +47,8 @@ def median(values: np.ndarray) -> float:
 
 def median_of_counts(counts: np.ndarray) -> float:
     """:func:`median` of small non-negative integers (a line's ink pixels
-    across it, 0-17), bit for bit, from their histogram: a tenth of the time
-    of a partition on a 1,000-value row. Not empty."""
+    across it, 0-17; an 8-bit plane), bit for bit, from their histogram: a
+    tenth of the time of a partition on a 1,000-value row. Not empty."""
     size = counts.size
     ranks = ((size - 1) // 2, size // 2)
     values = np.searchsorted(np.cumsum(np.bincount(counts)), ranks, side="right")

@@ -74,8 +74,8 @@ def test_labelled_is_isin():
 def test_the_median_of_counts_is_numpys():
     rng = np.random.default_rng(17)
     for size in [*range(1, 40), 999, 1000, 1001]:
-        for high in (1, 3, 18):
-            counts = rng.integers(0, high, size)
+        for high in (1, 3, 18, 256):  # 256: an 8-bit plane (Lab's a, b in _note_by_hue)
+            counts = rng.integers(0, high, size).astype(np.uint8 if high == 256 else np.int64)
             expected = float(np.median(counts.astype(np.float64)))
             assert quantiles.median_of_counts(counts) == expected, (size, high)
             assert quantiles.median_of_counts(counts) == quantiles.median(counts.astype(np.float64))
