@@ -911,9 +911,7 @@ def without_blobs(ink: np.ndarray, level: float) -> np.ndarray:
     depth = cv2.distanceTransform(np.pad(above, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
     thickness = np.zeros(len(areas), np.float32)
     for index in candidates:
-        left, top, across, down = stats[index + 1, :4]
-        box = labels[top : top + down, left : left + across] == index + 1
-        thickness[index] = 2 * depth[top : top + down, left : left + across][box].max()
+        thickness[index] = 2 * _deepest(depth, labels, stats, index + 1)
     solid = thickness >= _BLOB_SOLID * longer
     # the rest: strokes, not grain
     rest = ~solid & (areas >= max(_BLOB_LEAST, 0.08 * areas[~solid].max(initial=0)))
@@ -989,6 +987,14 @@ def _clear_of_edges(stats: np.ndarray, height: int, width: int, margin: int = 0)
     left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
     right, bottom = left + stats[1:, cv2.CC_STAT_WIDTH], top + stats[1:, cv2.CC_STAT_HEIGHT]
     return (left > margin) & (top > margin) & (right < width - margin) & (bottom < height - margin)
+
+
+def _deepest(depth: np.ndarray, labels: np.ndarray, stats: np.ndarray, label: int) -> float:
+    """The largest of ``depth`` (a distance transform) over one component of a
+    labelling, read within the component's box only."""
+    left, top, across, down = stats[label, :4]
+    box = labels[top : top + down, left : left + across] == label
+    return float(depth[top : top + down, left : left + across][box].max())
 
 
 def _labelled(labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -1397,9 +1403,7 @@ def _span_inside(writing: np.ndarray, sheet: np.ndarray) -> int:
     if touching.any():
         depth = cv2.distanceTransform(sheet, cv2.DIST_L2, 3)
         for index in np.flatnonzero(touching):
-            left, top, across, down = stats[index + 1, :4]
-            box = labels[top : top + down, left : left + across] == index + 1
-            inside[index] = depth[top : top + down, left : left + across][box].max() >= _RIM_DEPTH * _WRITING_RIM
+            inside[index] = _deepest(depth, labels, stats, index + 1) >= _RIM_DEPTH * _WRITING_RIM
     spans = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
     return int(spans[inside].max(initial=0))
 
